@@ -1,0 +1,1 @@
+"""Typed events: models generated from the Avro catalogue, normalisation, wire-format codec."""

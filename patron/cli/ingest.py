@@ -1,0 +1,7 @@
+"""Placeholder: filled in by the ingest work."""
+
+
+
+
+def ingest() -> None:
+    """(not yet implemented)"""

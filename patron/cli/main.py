@@ -1,0 +1,58 @@
+"""The ``patron`` command: global options, the sub-commands, one-line errors with exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from patron.cli import dlq, generate, ingest, keys, log, schemas, serve
+from patron.cli.output import err_console
+from patron.config import ConfigError, Settings
+from patron.errors import EXIT_INVALID, PatronError
+
+app = typer.Typer(
+    name="patron",
+    help="Patron, an event-sourced customer data platform.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    data_dir: Path = typer.Option(
+        None, "--data-dir", envvar="PATRON_DATA_DIR", help="Data directory (default ./patron-data)."
+    ),
+    broker: str = typer.Option(
+        None, "--broker", envvar="PATRON_BROKER", help="local://DIR (embedded, default) or kafka://HOST:PORT."
+    ),
+    registry: str = typer.Option(
+        None, "--registry", envvar="PATRON_REGISTRY", help="Confluent-compatible registry URL (default: the embedded one)."
+    ),
+) -> None:
+    """Options here apply to every command, e.g. ``patron --data-dir /srv/patron log count``."""
+    try:
+        ctx.obj = Settings.load(data_dir=data_dir, broker=broker, registry=registry)
+    except ConfigError as exc:
+        raise PatronError(str(exc), EXIT_INVALID) from None
+
+
+app.add_typer(schemas.app, name="schemas")
+app.add_typer(log.app, name="log")
+app.add_typer(dlq.app, name="dlq")
+app.add_typer(keys.app, name="keys")
+app.command("ingest")(ingest.ingest)
+app.command("serve")(serve.serve)
+app.command("generate")(generate.generate)
+
+
+def run() -> None:
+    """Console entry point: a :class:`PatronError` becomes one red line and its exit code."""
+    try:
+        app()
+    except PatronError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(exc.exit_code) from None

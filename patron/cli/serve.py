@@ -1,0 +1,7 @@
+"""Placeholder: filled in by the serve work."""
+
+
+
+
+def serve() -> None:
+    """(not yet implemented)"""

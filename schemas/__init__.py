@@ -1,0 +1,1 @@
+"""The Avro event catalogue (``avro/*.avsc``) and the schema registry clients."""
