@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import fastavro
-
 from patron.events.routing import routing_key
 from patron.schemas.catalogue import Catalogue, default_catalogue
 from patron.schemas.registry import SchemaRegistry
@@ -58,15 +57,17 @@ class EventCodec:
         envelope = event["envelope"]
         occurred: datetime = envelope["occurred_at"]
         return Message(
-            key=routing_key(envelope["identifiers"], envelope["event_id"]),
-            event_id=envelope["event_id"],
+            key=routing_key(envelope["identifiers"], str(envelope["event_id"])),
+            event_id=str(envelope["event_id"]),
             value=self.encode(event),
             timestamp_ms=int(occurred.timestamp() * 1000),
         )
 
     def decode(self, data: bytes) -> dict[str, Any]:
         if len(data) < _HEADER.size:
-            raise WireFormatError(f"record of {len(data)} bytes is shorter than the 5-byte wire-format header")
+            raise WireFormatError(
+                f"record of {len(data)} bytes is shorter than the 5-byte wire-format header"
+            )
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise WireFormatError(f"record starts with byte {magic}, not the wire-format magic byte 0")

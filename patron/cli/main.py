@@ -30,7 +30,10 @@ def main(
         None, "--broker", envvar="PATRON_BROKER", help="local://DIR (embedded, default) or kafka://HOST:PORT."
     ),
     registry: str = typer.Option(
-        None, "--registry", envvar="PATRON_REGISTRY", help="Confluent-compatible registry URL (default: the embedded one)."
+        None,
+        "--registry",
+        envvar="PATRON_REGISTRY",
+        help="Confluent-compatible registry URL (default: the embedded one).",
     ),
 ) -> None:
     """Options here apply to every command, e.g. ``patron --data-dir /srv/patron log count``."""

@@ -1,7 +1,5 @@
 """Placeholder: filled in by the serve work."""
 
 
-
-
 def serve() -> None:
     """(not yet implemented)"""
