@@ -72,7 +72,10 @@ class EventCodec:
         if magic != MAGIC:
             raise WireFormatError(f"record starts with byte {magic}, not the wire-format magic byte 0")
         writer, reader = self._reader(schema_id)
-        return fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader)
+        event = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader)
+        envelope = event["envelope"]
+        envelope["event_id"] = str(envelope["event_id"])  # the uuid logical type reads back as uuid.UUID
+        return event
 
     def event_type_of(self, data: bytes) -> str:
         """The event type of an encoded record, from its schema id alone (no body decode)."""
