@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import fastavro
+
 from patron.events.routing import routing_key
 from patron.schemas.catalogue import Catalogue, default_catalogue
 from patron.schemas.registry import SchemaRegistry
