@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean deploy-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m patron.demo
 
-test: $(STAMP)
+test: $(STAMP) deploy-tools
 	$(BIN)/python -m pytest
+
+# tests/test_deploy.py validates deploy/docker-compose.yml with docker-compose, which needs no Docker engine.
+deploy-tools:
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,120 @@
+"""`make demo`: the main job end to end on the embedded default, through the real CLI.
+
+Generates a realistic multi-source data set, ingests the files through the file
+connector, sends the web events through the HTTP collector with the Segment SDK,
+then shows what landed in the log and in the dead-letter store. Every step is a
+``patron`` command a user could type, printed before it runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.rule import Rule
+
+DEMO_DIR = Path("patron-data/demo")
+INPUT = DEMO_DIR / "input"
+console = Console()
+
+
+def patron(*args: str, capture: bool = False) -> str:
+    """Run one ``patron`` command against the demo data directory, echoing it first."""
+    command = [str(Path(sys.executable).with_name("patron")), "--data-dir", str(DEMO_DIR), *args]
+    console.print(f"[bold cyan]$ patron --data-dir {DEMO_DIR} {' '.join(args)}[/]")
+    result = subprocess.run(command, check=True, text=True, capture_output=capture)
+    return result.stdout if capture else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def send_with_segment_sdk(write_key: str, port: int) -> int:
+    """Replay the generated collector messages through the real Segment SDK, host changed only."""
+    import segment.analytics as analytics
+
+    analytics.write_key = write_key
+    analytics.host = f"http://127.0.0.1:{port}"
+    analytics.sync_mode = False
+    sent = 0
+    for line in (INPUT / "collector_batch.jsonl").read_bytes().splitlines():
+        message = orjson.loads(line)
+        kind = message.get("type", "track")
+        common = {
+            "user_id": message.get("userId"),
+            "anonymous_id": message.get("anonymousId"),
+            "context": message.get("context"),
+            "timestamp": datetime.fromisoformat(message["timestamp"]) if message.get("timestamp") else None,
+            "message_id": message.get("messageId"),
+        }
+        if kind == "identify":
+            analytics.identify(traits=message.get("traits"), **common)
+        elif kind == "page":
+            analytics.page(name=message.get("name"), properties=message.get("properties"), **common)
+        else:
+            analytics.track(event=message.get("event"), properties=message.get("properties"), **common)
+        sent += 1
+    analytics.flush()
+    analytics.shutdown()
+    return sent
+
+
+def serve_and_send() -> None:
+    key = patron("keys", "create", "web-sdk", capture=True).strip().splitlines()[-1].split()[-1]
+    port = free_port()
+    console.print(f"[bold cyan]$ patron --data-dir {DEMO_DIR} serve --port {port} &[/]")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("patron")), "--data-dir", str(DEMO_DIR), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        sent = send_with_segment_sdk(key, port)
+        console.print(f"sent {sent} messages with the Segment Python SDK to http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    if DEMO_DIR.exists():
+        shutil.rmtree(DEMO_DIR)
+    console.print(Rule("1. generate a multi-source data set (dirty identifiers, duplicates, malformed rows)"))
+    patron("generate", "--customers", "2000", "--days", "180", "--seed", "7", "--out", str(INPUT))
+    console.print(Rule("2. register the event catalogue in the schema registry"))
+    patron("schemas", "check", "--register")
+    console.print(Rule("3. ingest the files through the file connector"))
+    files = sorted(p for p in INPUT.iterdir() if p.is_file() and p.suffix in {".csv", ".jsonl", ".parquet"})
+    files = [p for p in files if p.name != "collector_batch.jsonl" and (INPUT / "mappings" / f"{p.stem}.yaml").exists()]
+    patron("ingest", *map(str, files), "--mapping-dir", str(INPUT / "mappings"))
+    console.print(Rule("4. send web events through the Segment-compatible HTTP collector"))
+    serve_and_send()
+    console.print(Rule("5. what is in the log"))
+    patron("log", "count", "--by", "type")
+    patron("log", "count", "--by", "source")
+    patron("log", "tail", "-n", "3", "--type", "order_completed")
+    console.print(Rule("6. what was rejected, and why"))
+    patron("dlq", "list", "--limit", "8")
+    console.print(f"\nEverything is in [bold]{DEMO_DIR}[/]; try `patron --data-dir {DEMO_DIR} --help`.")
+
+
+if __name__ == "__main__":
+    main()
