@@ -60,20 +60,21 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
-def _event_id_bytes(event_id: str | None) -> bytes | None:
-    """UUIDs are stored in 16 bytes; other ids as their UTF-8 text."""
+def _event_id_bytes(event_id: str | None) -> bytes | str | None:
+    """UUIDs are stored as a 16-byte BLOB; other ids as TEXT, which SQLite never equates with a BLOB,
+    so a 16-character id cannot be mistaken for (or collide with) a UUID."""
     if event_id is None:
         return None
     try:
         return uuid.UUID(event_id).bytes
     except ValueError:
-        return event_id.encode()
+        return event_id
 
 
-def _event_id_text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    return str(uuid.UUID(bytes=raw)) if len(raw) == 16 else raw.decode()
+def _event_id_text(raw: bytes | str | None) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    return str(uuid.UUID(bytes=raw))
 
 
 class LocalLog:
@@ -126,11 +127,14 @@ class LocalLog:
 
     # -- topics ------------------------------------------------------------------------------
     def _topic(self, topic: str, db: sqlite3.Connection | None = None) -> tuple[int, int] | None:
+        """Id and partition count of ``topic``; cached only once committed, because a topic created
+        inside a transaction that then rolls back must not be remembered."""
         cached = self._topic_cache.get(topic)
         if cached is not None:
             return cached
-        row = (db or self.db).execute("SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone()
-        if row is not None:
+        conn = db or self.db
+        row = conn.execute("SELECT id, partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+        if row is not None and not conn.in_transaction:
             self._topic_cache[topic] = (row[0], row[1])
         return row
 
@@ -148,7 +152,6 @@ class LocalLog:
             "INSERT INTO heads (topic_id, partition, next_offset) VALUES (?, ?, 0)",
             [(topic_id, p) for p in range(count)],
         )
-        self._topic_cache[topic] = (topic_id, count)
         return topic_id, count
 
     def ensure_topic(self, topic: str, partitions: int | None = None) -> int:
@@ -183,7 +186,9 @@ class LocalLog:
             partition = partition_for(message.key, partitions)
             offset = heads[partition]
             heads[partition] = offset + 1
-            rows.append((topic_id, partition, offset, message.key, event_id, message.timestamp_ms, message.value))
+            rows.append(
+                (topic_id, partition, offset, message.key, event_id, message.timestamp_ms, message.value)
+            )
         db.executemany(
             'INSERT INTO records (topic_id, partition, "offset", key, event_id, ts, value) '
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -196,9 +201,9 @@ class LocalLog:
         return AppendResult(appended=len(rows), duplicates=len(messages) - len(rows))
 
     @staticmethod
-    def _known_ids(db: sqlite3.Connection, topic_id: int, ids: list[bytes]) -> set[bytes]:
+    def _known_ids(db: sqlite3.Connection, topic_id: int, ids: list[bytes | str]) -> set[bytes | str]:
         """The subset of ``ids`` already stored in the topic (queried in chunks of 500)."""
-        known: set[bytes] = set()
+        known: set[bytes | str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -227,7 +232,9 @@ class LocalLog:
         found = self._topic(topic)
         if found is None:
             return {}
-        return dict(self.db.execute("SELECT partition, next_offset FROM heads WHERE topic_id = ?", (found[0],)))
+        return dict(
+            self.db.execute("SELECT partition, next_offset FROM heads WHERE topic_id = ?", (found[0],))
+        )
 
     # -- consumer positions ------------------------------------------------------------------
     def committed(self, consumer: str, topic: str) -> dict[int, int]:

