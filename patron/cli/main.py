@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from patron.cli import dlq, generate, ingest, keys, log, schemas, serve
+from patron.cli import dlq, generate, identity, ingest, keys, log, profile, run, schemas, serve, worker
 from patron.cli.output import err_console
 from patron.config import ConfigError, Settings
 from patron.errors import EXIT_INVALID, PatronError
@@ -50,6 +50,10 @@ app.add_typer(keys.app, name="keys")
 app.command("ingest")(ingest.ingest)
 app.command("serve")(serve.serve)
 app.command("generate")(generate.generate)
+app.add_typer(identity.app, name="identity")
+app.command("run")(run.run)
+app.command("worker")(worker.worker)
+app.command("profile")(profile.profile)
 
 
 def run() -> None:

@@ -1,0 +1,5 @@
+"""Placeholder: filled in by the issue-3 work."""
+
+
+def profile() -> None:
+    """(not yet implemented)"""

@@ -1,0 +1,45 @@
+"""The processor contract: pure ``(state, event) -> (state, emitted events)`` rules, no I/O.
+
+A processor sees one decoded event at a time together with a key-value view of its own
+state, and returns the events it emits. Runners own everything else: reading the log,
+decoding, persisting state, committing offsets, appending emitted events. The embedded
+runner commits all of that in one SQLite transaction; the faust runner keeps state in
+changelog-backed tables. One implementation of each rule, two runtimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """An event a processor emits: the topic it goes to and the Avro-shaped event dict.
+
+    The event's ``envelope.event_id`` must be deterministic (derived from the input event),
+    so that re-processing after a crash appends a duplicate the log recognises, not a new fact.
+    """
+
+    topic: str
+    event: dict[str, Any]
+    key: str | None = None
+    """Routing key override, e.g. a profile id to partition by profile; default: the event's routing key."""
+
+
+class Processor(Protocol):
+    """A pure stream rule. ``name`` names its consumer position; ``stores`` its state stores.
+
+    Each store reaches ``process`` as a ``MutableMapping[str, JSON-able value]``, so
+    processors stay plain Python; runners back it with a write-back cache over SQLite
+    (embedded) or a faust table (Kafka) and persist only the keys that changed.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    stores: tuple[str, ...]
+
+    def process(self, stores: dict[str, MutableMapping[str, Any]], event: dict[str, Any]) -> list[Emit]:
+        """Fold ``event`` into the state in ``stores`` (mutating it) and return what to emit."""
+        ...
