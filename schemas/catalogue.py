@@ -78,7 +78,7 @@ class Catalogue:
             expanded = fastavro.schema.load_schema(path, _write_hint=False)
             event_type = expanded.get("event_type")
             if not event_type:
-                raise ValueError(f"{path.name}: an event record needs an \"event_type\" attribute")
+                raise ValueError(f'{path.name}: an event record needs an "event_type" attribute')
             if event_type in self._by_type:
                 raise ValueError(f"{path.name}: event type {event_type!r} is defined twice")
             self._by_type[event_type] = EventSchema(

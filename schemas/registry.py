@@ -130,12 +130,16 @@ class FileRegistry:
                 )
             db.execute("INSERT OR IGNORE INTO schemas (text) VALUES (?)", (text,))
             schema_id = int(db.execute("SELECT id FROM schemas WHERE text = ?", (text,)).fetchone()[0])
-            (latest,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM versions WHERE subject = ?", (subject,)).fetchone()
+            (latest,) = db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM versions WHERE subject = ?", (subject,)
+            ).fetchone()
             db.execute("INSERT INTO versions VALUES (?, ?, ?)", (subject, latest + 1, schema_id))
             return schema_id
 
     def _level(self, db: sqlite3.Connection, subject: str) -> str:
-        row = db.execute("SELECT compatibility FROM config WHERE subject IN (?, '') ORDER BY subject DESC", (subject,)).fetchone()
+        row = db.execute(
+            "SELECT compatibility FROM config WHERE subject IN (?, '') ORDER BY subject DESC", (subject,)
+        ).fetchone()
         return row[0] if row else self._default
 
     def _problems(self, db: sqlite3.Connection, subject: str, schema: dict[str, Any]) -> list[str]:
@@ -161,7 +165,12 @@ class FileRegistry:
         return [s for (s,) in self._read("SELECT DISTINCT subject FROM versions ORDER BY subject")]
 
     def versions(self, subject: str) -> list[int]:
-        return [v for (v,) in self._read("SELECT version FROM versions WHERE subject = ? ORDER BY version", (subject,))]
+        return [
+            v
+            for (v,) in self._read(
+                "SELECT version FROM versions WHERE subject = ? ORDER BY version", (subject,)
+            )
+        ]
 
     def get(self, subject: str, version: int | None = None) -> RegisteredSchema:
         rows = self._read(
@@ -183,7 +192,10 @@ class FileRegistry:
             db.close()
 
     def compatibility(self, subject: str | None = None) -> str:
-        rows = self._read("SELECT compatibility FROM config WHERE subject IN (?, '') ORDER BY subject DESC", (subject or "",))
+        rows = self._read(
+            "SELECT compatibility FROM config WHERE subject IN (?, '') ORDER BY subject DESC",
+            (subject or "",),
+        )
         return rows[0][0] if rows else self._default
 
     def set_compatibility(self, level: str, subject: str | None = None) -> None:
