@@ -73,6 +73,18 @@ FIELD_RULES: dict[str, Callable[..., Any]] = {
     "envelope.identifiers.phone": _phone,
 }
 NAME_RULES: dict[str, Callable[..., Any]] = {"currency": _currency}
+CONTEXT_RULES = {_phone}  # normalisers that need the validation context (default region)
+
+
+def _unless_none(rule: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply a normaliser to present values only: ``None`` in an optional field stays ``None``."""
+
+    def checked(value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        return rule(value, info) if rule in CONTEXT_RULES else rule(value)
+
+    return checked
 
 
 def _check_survey_score(payload: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +153,7 @@ class _TypeBuilder:
             annotation = self.annotation(field["type"], field_path)
             rule = FIELD_RULES.get(field_path) or NAME_RULES.get(field["name"])
             if rule is not None:
-                annotation = Annotated[annotation, AfterValidator(rule)]
+                annotation = Annotated[annotation, AfterValidator(_unless_none(rule))]
             fields[field["name"]] = NotRequired[annotation] if "default" in field else annotation
         record = TypedDict(schema["name"].rsplit(".", 1)[-1], fields)  # type: ignore[operator]
         record.__pydantic_config__ = MODEL_CONFIG  # type: ignore[attr-defined]
