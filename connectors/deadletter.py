@@ -4,6 +4,11 @@ Dead letters are JSON records on the ``patron.deadletter`` topic of the same eve
 so they are as durable as accepted events and work identically on both backends. A
 letter's id is derived from where the record came from and its bytes, so ingesting the
 same bad file twice does not file the same letter twice.
+
+The topic is append-only, so a letter is never edited: ``patron dlq replay`` appends a
+:class:`Resolution` (the letter now passed, with the ids of the events it became) or a
+:class:`ReplayFailure` (it still fails, with the new reason). A letter's status is the fold
+of those records; records of different kinds are told apart by their ``kind`` key.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
+
 from patron.streams.log import DEAD_LETTER_TOPIC, EventLog, Message, scan
 
 LETTER_NAMESPACE = uuid.UUID("5b0f3f4e-3c1a-4f0e-9d7e-7a1c2b9d0e11")
@@ -64,6 +70,85 @@ class DeadLetter:
         )
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A letter that passed on replay; ``event_ids`` are the events it became."""
+
+    kind: ClassVar[str] = "resolved"
+    letter_id: str
+    source: str
+    event_ids: tuple[str, ...]
+    at: datetime = field(default_factory=_now)
+
+    @property
+    def id(self) -> str:
+        """One resolution per letter: resolving it again is a duplicate, not a second record."""
+        return str(uuid.uuid5(LETTER_NAMESPACE, f"{self.kind}:{self.letter_id}"))
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"kind": self.kind, **asdict(self)})
+
+
+@dataclass(frozen=True)
+class ReplayFailure:
+    """A replay attempt that failed again; its ``reason`` replaces the letter's in listings."""
+
+    kind: ClassVar[str] = "replay_failed"
+    letter_id: str
+    source: str
+    reason: str
+    at: datetime = field(default_factory=_now)
+
+    @property
+    def id(self) -> str:
+        return str(uuid.uuid5(LETTER_NAMESPACE, f"{self.kind}:{self.letter_id}:{self.at.isoformat()}"))
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"kind": self.kind, **asdict(self)})
+
+
+@dataclass
+class LetterStatus:
+    """A letter with what replays made of it: pending until a :class:`Resolution` exists."""
+
+    letter: DeadLetter
+    resolution: Resolution | None = None
+    last_failure: ReplayFailure | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.resolution is None
+
+    @property
+    def reason(self) -> str:
+        """The latest reason: the last failed replay's, else the one it was filed with."""
+        return self.last_failure.reason if self.last_failure is not None else self.letter.reason
+
+
+def _decode(data: bytes) -> DeadLetter | Resolution | ReplayFailure:
+    body = orjson.loads(data)
+    kind = body.get("kind")
+    if kind == Resolution.kind:
+        return Resolution(
+            letter_id=body["letter_id"],
+            source=body["source"],
+            event_ids=tuple(body["event_ids"]),
+            at=datetime.fromisoformat(body["at"]),
+        )
+    if kind == ReplayFailure.kind:
+        return ReplayFailure(
+            letter_id=body["letter_id"],
+            source=body["source"],
+            reason=body["reason"],
+            at=datetime.fromisoformat(body["at"]),
+        )
+    return DeadLetter.from_json(data)
+
+
 class DeadLetterStore:
     """Files and reads dead letters on the log's dead-letter topic."""
 
@@ -85,6 +170,46 @@ class DeadLetterStore:
         ]
         return self.log.append(DEAD_LETTER_TOPIC, messages).appended
 
-    def __iter__(self) -> Iterator[DeadLetter]:
+    def record(self, outcomes: Sequence[Resolution | ReplayFailure]) -> int:
+        """Append replay outcomes durably (keyed by source, like the letters they are about)."""
+        if not outcomes:
+            return 0
+        messages = [
+            Message(
+                key=outcome.source.encode(),
+                event_id=outcome.id,
+                value=outcome.to_json(),
+                timestamp_ms=int(outcome.at.timestamp() * 1000),
+            )
+            for outcome in outcomes
+        ]
+        return self.log.append(DEAD_LETTER_TOPIC, messages).appended
+
+    def _records(self) -> Iterator[DeadLetter | Resolution | ReplayFailure]:
         for record in scan(self.log, DEAD_LETTER_TOPIC):
-            yield DeadLetter.from_json(record.value)
+            yield _decode(record.value)
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        """Every letter ever filed, resolved or not."""
+        for item in self._records():
+            if isinstance(item, DeadLetter):
+                yield item
+
+    def statuses(self) -> list[LetterStatus]:
+        """Every letter with its replay outcomes, oldest letter first."""
+        found: dict[str, LetterStatus] = {}
+        resolutions: dict[str, Resolution] = {}
+        failures: dict[str, ReplayFailure] = {}
+        for item in self._records():
+            if isinstance(item, DeadLetter):
+                found[item.id] = LetterStatus(item)
+            elif isinstance(item, Resolution):
+                resolutions[item.letter_id] = item
+            else:
+                latest = failures.get(item.letter_id)
+                if latest is None or item.at >= latest.at:
+                    failures[item.letter_id] = item
+        for letter_id, status in found.items():
+            status.resolution = resolutions.get(letter_id)
+            status.last_failure = failures.get(letter_id)
+        return sorted(found.values(), key=lambda status: status.letter.received_at)
