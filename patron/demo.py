@@ -40,34 +40,48 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def send_with_segment_sdk(write_key: str, port: int) -> int:
-    """Replay the generated collector messages through the real Segment SDK, host changed only."""
+def send_with_segment_sdk(write_key: str, port: int) -> tuple[int, int]:
+    """Replay the generated collector messages through the real Segment SDK, host changed only.
+
+    The data set holds some malformed messages on purpose; the SDK refuses to send the
+    worst of them itself, so those go over plain HTTP to show the collector's 400 answer.
+    Returns (messages sent by the SDK, messages the collector refused over plain HTTP).
+    """
     import segment.analytics as analytics
 
     analytics.write_key = write_key
     analytics.host = f"http://127.0.0.1:{port}"
-    analytics.sync_mode = False
-    sent = 0
+    by_sdk = refused = 0
     for line in (INPUT / "collector_batch.jsonl").read_bytes().splitlines():
-        message = orjson.loads(line)
-        kind = message.get("type", "track")
-        common = {
-            "user_id": message.get("userId"),
-            "anonymous_id": message.get("anonymousId"),
-            "context": message.get("context"),
-            "timestamp": datetime.fromisoformat(message["timestamp"]) if message.get("timestamp") else None,
-            "message_id": message.get("messageId"),
-        }
-        if kind == "identify":
-            analytics.identify(traits=message.get("traits"), **common)
-        elif kind == "page":
-            analytics.page(name=message.get("name"), properties=message.get("properties"), **common)
-        else:
-            analytics.track(event=message.get("event"), properties=message.get("properties"), **common)
-        sent += 1
+        try:
+            message = orjson.loads(line)
+            sdk_call(analytics, message)
+            by_sdk += 1
+        except (AssertionError, ValueError, TypeError, AttributeError):
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/track", content=line, auth=(write_key, ""))
+            refused += answer.status_code == 400
     analytics.flush()
     analytics.shutdown()
-    return sent
+    return by_sdk, refused
+
+
+def sdk_call(analytics: object, message: dict[str, object]) -> None:
+    """One Segment SDK call for a Segment API message (track, identify or page)."""
+    stamp = message.get("timestamp")
+    common = {
+        "user_id": message.get("userId"),
+        "anonymous_id": message.get("anonymousId"),
+        "context": message.get("context"),
+        "timestamp": datetime.fromisoformat(stamp) if isinstance(stamp, str) else None,
+        "message_id": message.get("messageId"),
+    }
+    kind = message.get("type", "track")
+    if kind == "identify":
+        analytics.identify(traits=message.get("traits"), **common)  # type: ignore[attr-defined]
+    elif kind == "page":
+        analytics.page(name=message.get("name"), properties=message.get("properties"), **common)  # type: ignore[attr-defined]
+    else:
+        analytics.track(event=message.get("event"), properties=message.get("properties"), **common)  # type: ignore[attr-defined]
 
 
 def serve_and_send() -> None:
@@ -75,7 +89,14 @@ def serve_and_send() -> None:
     port = free_port()
     console.print(f"[bold cyan]$ patron --data-dir {DEMO_DIR} serve --port {port} &[/]")
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("patron")), "--data-dir", str(DEMO_DIR), "serve", "--port", str(port)],
+        [
+            str(Path(sys.executable).with_name("patron")),
+            "--data-dir",
+            str(DEMO_DIR),
+            "serve",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -87,8 +108,11 @@ def serve_and_send() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        sent = send_with_segment_sdk(key, port)
-        console.print(f"sent {sent} messages with the Segment Python SDK to http://127.0.0.1:{port}")
+        by_sdk, refused = send_with_segment_sdk(key, port)
+        console.print(
+            f"sent {by_sdk} messages with the Segment Python SDK to http://127.0.0.1:{port}; "
+            f"{refused} malformed messages the SDK would not send were refused by the collector with 400"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -98,12 +122,16 @@ def main() -> None:
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     console.print(Rule("1. generate a multi-source data set (dirty identifiers, duplicates, malformed rows)"))
-    patron("generate", "--customers", "2000", "--days", "180", "--seed", "7", "--out", str(INPUT))
+    patron("generate", "--customers", "400", "--days", "120", "--seed", "7", "--out", str(INPUT))
     console.print(Rule("2. register the event catalogue in the schema registry"))
     patron("schemas", "check", "--register")
     console.print(Rule("3. ingest the files through the file connector"))
     files = sorted(p for p in INPUT.iterdir() if p.is_file() and p.suffix in {".csv", ".jsonl", ".parquet"})
-    files = [p for p in files if p.name != "collector_batch.jsonl" and (INPUT / "mappings" / f"{p.stem}.yaml").exists()]
+    files = [
+        p
+        for p in files
+        if p.name != "collector_batch.jsonl" and (INPUT / "mappings" / f"{p.stem}.yaml").exists()
+    ]
     patron("ingest", *map(str, files), "--mapping-dir", str(INPUT / "mappings"))
     console.print(Rule("4. send web events through the Segment-compatible HTTP collector"))
     serve_and_send()
