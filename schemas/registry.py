@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from patron.schemas.compatibility import COMPATIBILITY_LEVELS, check_compatibility
+from patron.sqlite import immediate_transaction
 
 
 class IncompatibleSchema(ValueError):
@@ -96,13 +97,8 @@ class FileRegistry:
     def _write(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate_transaction(db):
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         finally:
             db.close()
 

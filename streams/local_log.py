@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from patron.sqlite import immediate_transaction
 from patron.streams.log import AppendResult, Message, Record, partition_for
 
 SCHEMA = """
@@ -110,14 +111,8 @@ class LocalLog:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """An immediate (write-locked) transaction, committed on success, rolled back on error."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self.db) as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[LocalTransaction]:
