@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from kafka.partitioner.default import murmur2
-
 EVENTS_TOPIC = "patron.events"
 DEAD_LETTER_TOPIC = "patron.deadletter"
 
@@ -54,6 +52,9 @@ def partition_for(key: bytes | None, partitions: int) -> int:
     """Kafka's default partition for ``key`` (murmur2, as the Java client and librdkafka's murmur2)."""
     if key is None:
         return 0
+    # Imported here: importing kafka-python costs ~0.2 s, which every CLI start would pay.
+    from kafka.partitioner.default import murmur2
+
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
