@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from patron.connectors.casts import CAST_TYPES, Cast, CastError, make_cast, to_string
 from patron.errors import EXIT_INVALID, PatronError
+from patron.events.ids import sha1_uuid_text
 from patron.events.normalize import DEFAULT_REGION
 from patron.schemas.catalogue import EventSchema, UnknownEventType, default_catalogue
 
@@ -371,10 +371,18 @@ class Candidate:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+# The containers every event is built with (see ``Mapping._build``), by their keys; a value whose
+# target sits directly in one, or one level below, is written there without walking its path.
+_ROOTS = {("envelope",): 0, ("envelope", "identifiers"): 1, ("envelope", "context"): 2, ("payload",): 3}
+# (root container, key of a dict inside it or None, key): see _slot.
+_Slot = tuple[int, str | None, str]
+
+
+@dataclass(frozen=True, slots=True)
 class _FieldPlan:
     label: str
     keys: tuple[str, ...]
+    slot: _Slot | None
     column: str
     column_parts: tuple[str, ...]
     required: bool
@@ -385,14 +393,20 @@ class _FieldPlan:
     json_values: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _EventPlan:
     index: int
     event_type: str
     when: tuple[str, tuple[str, ...]] | None
     id_parts: tuple[tuple[str, tuple[str, ...] | None], ...] | None
+    # SHA-1 input before the row's id values: namespace, source and event type (see deterministic_id).
+    id_prefix: bytes
+    # Fields that are a plain copy (no cast, map, default, required check or JSON encoding) of a
+    # top-level column into a root container, as (column, root, key): most fields of most files.
+    copies: tuple[tuple[str, int, str], ...]
     fields: tuple[_FieldPlan, ...]
-    constants: tuple[tuple[tuple[str, ...], Any], ...]
+    # (keys, slot, value, copied): dicts and lists are copied per event, so events never share them.
+    constants: tuple[tuple[tuple[str, ...], _Slot | None, Any, bool], ...]
 
 
 _ABSENT = object()
@@ -402,17 +416,49 @@ def _column_parts(column: str) -> tuple[str, ...]:
     return tuple(column.split(".")) if "." in column else ()
 
 
-def lookup(row: dict[str, Any], column: str, parts: tuple[str, ...] = ()) -> Any:
-    """A row's value for ``column``; a dotted name also reaches into nested JSON objects (``context.page.url``)."""
-    value = row.get(column, _ABSENT)
-    if value is not _ABSENT:
-        return value
+def _slot(keys: tuple[str, ...], targets: list[tuple[str, ...]]) -> _Slot | None:
+    """Where ``keys`` can be written directly, or None when it needs :func:`_put`'s walk.
+
+    The walk replaces a non-dict on the way with a dict; that can only matter when another target
+    of the same event writes one of the containers on the way (``context.campaign`` beside
+    ``context.campaign.source``), so such targets keep the walk and behave exactly as before.
+    """
+    if any(other == keys[:depth] for other in targets for depth in range(1, len(keys))):
+        return None
+    for depth in (len(keys) - 1, len(keys) - 2):
+        root = _ROOTS.get(keys[:depth])
+        if root is not None:
+            return root, (keys[depth] if depth == len(keys) - 2 else None), keys[-1]
+    return None
+
+
+def _is_copy(field: _FieldPlan, slot: _Slot | None, targets: list[tuple[str, ...]]) -> bool:
+    """Whether ``field`` only copies a non-empty value into a root container (see ``_EventPlan.copies``).
+
+    Copies are written before the other fields; that cannot change the event because no other
+    target lies below a copy's key, and no problem (whose order the reason keeps) can come from one.
+    """
+    plain = field.cast is None and field.table is None and field.json_values is None
+    if not plain or field.default is not None or field.required or field.column_parts:
+        return False
+    if slot is None or slot[1] is not None:
+        return False
+    return not any(other[: len(field.keys)] == field.keys and other != field.keys for other in targets)
+
+
+def _nested(row: dict[str, Any], parts: tuple[str, ...]) -> Any:
     node: Any = row
     for part in parts:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
     return node if parts else None
+
+
+def lookup(row: dict[str, Any], column: str, parts: tuple[str, ...] = ()) -> Any:
+    """A row's value for ``column``; a dotted name also reaches into nested JSON objects (``context.page.url``)."""
+    value = row.get(column, _ABSENT)
+    return _nested(row, parts) if value is _ABSENT else value
 
 
 def is_missing(value: Any) -> bool:
@@ -460,9 +506,7 @@ class Mapping:
             schema = default_catalogue().get(spec.event_type)
         except UnknownEventType as exc:
             raise self._error(self._where(index, "event_type"), str(exc)) from None
-        fields = tuple(
-            self._compile_field(index, schema, target, field) for target, field in spec.fields.items()
-        )
+        fields = [self._compile_field(index, schema, target, field) for target, field in spec.fields.items()]
         constants = []
         for target, value in spec.constants.items():
             where = self._where(index, "constants", target)
@@ -470,6 +514,8 @@ class Mapping:
                 raise self._error(where, "set both under fields and constants; keep one")
             resolved = self._target(schema, target, where)
             constants.append((resolved.keys, encode_json_values(value, resolved.json_values)))
+        targets = [field.keys for field in fields] + [keys for keys, _ in constants]
+        placed = [(field, _slot(field.keys, targets)) for field in fields]
         set_paths = [*spec.fields, *spec.constants]
         for path in required_paths(schema):
             if not any(done == path or done.startswith(path + ".") for done in set_paths):
@@ -498,7 +544,22 @@ class Mapping:
         if spec.when is not None:
             self._use_column(spec.when, self._where(index, "when"))
             when = (spec.when, _column_parts(spec.when))
-        return _EventPlan(index, schema.event_type, when, id_parts, fields, tuple(constants))
+        return _EventPlan(
+            index,
+            schema.event_type,
+            when,
+            id_parts,
+            MAPPING_NAMESPACE.bytes
+            + f"{self.source}\x1f{schema.event_type}\x1f".encode("utf-8", "surrogatepass"),
+            tuple(
+                (field.column, slot[0], slot[2]) for field, slot in placed if _is_copy(field, slot, targets)
+            ),
+            tuple(replace(field, slot=slot) for field, slot in placed if not _is_copy(field, slot, targets)),
+            tuple(
+                (keys, _slot(keys, targets), value, isinstance(value, dict | list))
+                for keys, value in constants
+            ),
+        )
 
     def _target(self, schema: EventSchema, target: str, where: str) -> Target:
         try:
@@ -529,6 +590,7 @@ class Mapping:
         return _FieldPlan(
             label=target,
             keys=resolved.keys,
+            slot=None,  # known once every target of the event is (see _compile)
             column=spec.column,
             column_parts=_column_parts(spec.column),
             required=resolved.required,
@@ -554,19 +616,31 @@ class Mapping:
         return found
 
     def _build(self, plan: _EventPlan, row: dict[str, Any], raw: bytes) -> Candidate:
+        """One event of a row. This runs for every row of every file, so the per-field steps
+        (:func:`lookup`, :func:`is_missing`, :func:`encode_json_values`) are inlined."""
+        identifiers: dict[str, Any] = {}
+        context: dict[str, Any] = {}
+        payload: dict[str, Any] = {}
         envelope: dict[str, Any] = {
             "event_type": plan.event_type,
             "source": self.source,
-            "identifiers": {},
-            "context": {},
+            "identifiers": identifiers,
+            "context": context,
         }
-        event: dict[str, Any] = {"envelope": envelope, "payload": {}}
+        event: dict[str, Any] = {"envelope": envelope, "payload": payload}
+        roots = (envelope, identifiers, context, payload)  # in _ROOTS order
         problems: list[str] = []
-        for keys, value in plan.constants:
-            _put(event, keys, copy.deepcopy(value) if isinstance(value, dict | list) else value)
+        for keys, slot, value, copied in plan.constants:
+            _place(event, roots, keys, slot, copy.deepcopy(value) if copied else value)
+        for column, root, key in plan.copies:
+            value = row.get(column)
+            if value is not None and not (isinstance(value, str) and not value.strip()):
+                roots[root][key] = value
         for field in plan.fields:
-            value = lookup(row, field.column, field.column_parts)
-            if is_missing(value):
+            value = row.get(field.column, _ABSENT)
+            if value is _ABSENT:
+                value = _nested(row, field.column_parts) if field.column_parts else None
+            if value is None or (isinstance(value, str) and not value.strip()):
                 if field.default is None:
                     if field.required:
                         problems.append(f"column {field.column!r} is empty but {field.label} is required")
@@ -581,7 +655,9 @@ class Mapping:
                     except CastError as exc:
                         problems.append(f"column {field.column!r} ({field.label}): {exc}")
                         continue
-            _put(event, field.keys, encode_json_values(value, field.json_values))
+            if field.json_values is not None:
+                value = encode_json_values(value, field.json_values)
+            _place(event, roots, field.keys, field.slot, value)
         if "event_id" not in envelope:
             event_id = self._event_id(plan, row, raw, problems)
             if event_id is not None:
@@ -591,9 +667,8 @@ class Mapping:
         return Candidate(plan.index, plan.event_type, event=event)
 
     def _event_id(self, plan: _EventPlan, row: dict[str, Any], raw: bytes, problems: list[str]) -> str | None:
-        head = f"{self.source}\x1f{plan.event_type}\x1f".encode("utf-8", "surrogatepass")
         if plan.id_parts is None:
-            return deterministic_id(head + raw.rstrip(b"\r\n"))
+            return sha1_uuid_text(plan.id_prefix + raw.rstrip(b"\r\n"))
         values = []
         for name, parts in plan.id_parts:
             if parts is None:
@@ -604,13 +679,12 @@ class Mapping:
                 problems.append(f"column {name!r} is empty but the event id is derived from it (event_id:)")
                 return None
             values.append(_key_text(value))
-        return deterministic_id(head + "\x1f".join(values).encode("utf-8", "surrogatepass"))
+        return sha1_uuid_text(plan.id_prefix + "\x1f".join(values).encode("utf-8", "surrogatepass"))
 
 
 def deterministic_id(name: bytes) -> str:
     """uuid5 of ``name`` in :data:`MAPPING_NAMESPACE` (computed on bytes, so any raw row can be hashed)."""
-    digest = hashlib.sha1(MAPPING_NAMESPACE.bytes + name, usedforsecurity=False).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=5))
+    return sha1_uuid_text(MAPPING_NAMESPACE.bytes + name)
 
 
 def _translate(field: _FieldPlan, value: Any) -> Any:
@@ -636,6 +710,27 @@ def encode_json_values(value: Any, json_values: str | None) -> Any:
 
 def _json_text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
+
+
+def _place(
+    event: dict[str, Any],
+    roots: tuple[dict[str, Any], ...],
+    keys: tuple[str, ...],
+    slot: _Slot | None,
+    value: Any,
+) -> None:
+    """Write ``value`` at ``keys``: directly through ``slot`` when there is one (see :func:`_slot`)."""
+    if slot is None:
+        _put(event, keys, value)
+        return
+    root, middle, key = slot
+    node = roots[root]
+    if middle is not None:
+        child = node.get(middle)
+        if child is None:
+            child = node[middle] = {}
+        node = child
+    node[key] = value
 
 
 def _put(event: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:

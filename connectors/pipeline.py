@@ -68,7 +68,8 @@ class Ingestor:
         envelope = data.get("envelope")
         if isinstance(envelope, dict):
             envelope.setdefault("source", self.source)
-            envelope.setdefault("received_at", datetime.now(UTC))
+            if "received_at" not in envelope:
+                envelope["received_at"] = datetime.now(UTC)
         try:
             event = validate_event(data, default_region=self.default_region, timezone=self.timezone)
             message = self.codec.message(event)

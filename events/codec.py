@@ -34,6 +34,7 @@ class EventCodec:
         self.registry = registry
         self.catalogue = catalogue or default_catalogue()
         self._ids: dict[str, int] = {}
+        self._writers: dict[str, tuple[bytes, Any]] = {}
         self._readers: dict[int, tuple[Any, Any]] = {}
         self._names: dict[int, str] = {}
 
@@ -45,21 +46,29 @@ class EventCodec:
             found = self._ids[event_type] = self.registry.register(entry.subject, entry.schema)
         return found
 
+    def _writer(self, event_type: str) -> tuple[bytes, Any]:
+        """The wire-format header and parsed schema of ``event_type``, looked up once per type."""
+        found = self._writers.get(event_type)
+        if found is None:
+            parsed = self.catalogue.get(event_type).parsed
+            found = self._writers[event_type] = (_HEADER.pack(MAGIC, self.schema_id(event_type)), parsed)
+        return found
+
     def encode(self, event: dict[str, Any]) -> bytes:
-        event_type = event["envelope"]["event_type"]
-        entry = self.catalogue.get(event_type)
+        header, parsed = self._writer(event["envelope"]["event_type"])
         out = io.BytesIO()
-        out.write(_HEADER.pack(MAGIC, self.schema_id(event_type)))
-        fastavro.schemaless_writer(out, entry.parsed, event)
+        out.write(header)
+        fastavro.schemaless_writer(out, parsed, event)
         return out.getvalue()
 
     def message(self, event: dict[str, Any]) -> Message:
         """The log message for an event: routed by its identifiers, deduplicated by its id."""
         envelope = event["envelope"]
         occurred: datetime = envelope["occurred_at"]
+        event_id = str(envelope["event_id"])
         return Message(
-            key=routing_key(envelope["identifiers"], str(envelope["event_id"])),
-            event_id=str(envelope["event_id"]),
+            key=routing_key(envelope["identifiers"], event_id),
+            event_id=event_id,
             value=self.encode(event),
             timestamp_ms=int(occurred.timestamp() * 1000),
         )

@@ -14,6 +14,7 @@ default for a field that is absent.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Callable
 from functools import cache
@@ -52,12 +53,18 @@ def _phone(value: str, info: ValidationInfo) -> str:
 
 
 def _utc(value: dt.datetime, info: ValidationInfo) -> dt.datetime:
+    if value.tzinfo is dt.UTC:
+        return value  # already what to_utc returns; the common case, checked first because it is cheap
     zone = _context(info).get("timezone")
     return to_utc(value, ZoneInfo(zone)) if zone else to_utc(value)
 
 
+# The text str(uuid.UUID(...)) produces; ids already in this form are returned as they are.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
 def _uuid_text(value: str) -> str:
-    return str(uuid.UUID(value))
+    return value if _CANONICAL_UUID(value) else str(uuid.UUID(value))
 
 
 def _currency(value: str) -> str:

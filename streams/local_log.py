@@ -66,6 +66,17 @@ def _event_id_bytes(event_id: str | None) -> bytes | str | None:
     so a 16-character id cannot be mistaken for (or collide with) a UUID."""
     if event_id is None:
         return None
+    if len(event_id) == 36 and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-":
+        # The canonical form every Patron id has: 32 hex digits are exactly what uuid.UUID would
+        # decode (anything else -- whitespace, signs -- makes fromhex fail or come up short).
+        try:
+            found = bytes.fromhex(
+                event_id[:8] + event_id[9:13] + event_id[14:18] + event_id[19:23] + event_id[24:]
+            )
+        except ValueError:
+            found = b""
+        if len(found) == 16:
+            return found
     try:
         return uuid.UUID(event_id).bytes
     except ValueError:

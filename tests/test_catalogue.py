@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from patron.events.codec import EventCodec
 from patron.schemas.catalogue import AVRO_DIR, EVENT_NAMESPACE, default_catalogue
 from patron.schemas.registry import FileRegistry
@@ -35,6 +36,9 @@ EMAIL = {
     "subject": "Spring sale: 20% off running shoes",
     "list_id": "newsletter-de",
 }
+CAUSE = "5f0c2b1e-9d7a-4c3e-8b21-0a6f4e9d1c55"
+PROFILE_A = "0b9a7c1d-2e3f-5a4b-8c6d-7e8f9a0b1c2d"
+PROFILE_B = "9c8b7a6d-5e4f-5a3b-9c2d-1e0f9a8b7c6d"
 LINE = {"product_id": "P-1001", "sku": "RUN-42-BLU", "name": "Trail Runner", "category": "Shoes/Running"}
 
 # One realistic payload per event type, with every optional field filled so each type is exercised.
@@ -172,6 +176,48 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "properties": {"wishlist_id": '"W-9"', "items": "3", "public": "true"},
     },
     "lead_created": {"lead_id": "L-3012", "lead_source": "webinar", "stage": "mql"},
+    "identifier_linked": {
+        "cause_event_id": CAUSE,
+        "profile_id": PROFILE_A,
+        "identifiers": [{"kind": "email", "value": "jana.novak@example.com"}],
+        "created": False,
+    },
+    "profiles_merged": {
+        "cause_event_id": CAUSE,
+        "profile_id": PROFILE_A,
+        "merged_profile_id": PROFILE_B,
+        "identifiers": [
+            {"kind": "external:shop_customer_id", "value": "9001"},
+            {"kind": "email", "value": "jana.novak@example.com"},
+        ],
+    },
+    "merge_refused": {
+        "cause_event_id": CAUSE,
+        "profile_id": PROFILE_A,
+        "other_profile_id": PROFILE_B,
+        "identifiers": [{"kind": "email", "value": "jana.novak@example.com"}],
+        "conflicts": [{"kind": "user_id", "value": "u-1842"}, {"kind": "user_id", "value": "u-2002"}],
+        "reason": "email links to a profile whose user_id differs",
+    },
+    "profile_split": {
+        "cause_event_id": CAUSE,
+        "profile_id": PROFILE_A,
+        "identifiers": [{"kind": "phone", "value": "+4915112345678"}],
+        "reason": "two people share the household phone",
+        "new_profile_id": PROFILE_B,
+        "error": None,
+    },
+    "identifier_blocked": {
+        "cause_event_id": CAUSE,
+        "identifiers": [{"kind": "email", "value": "test@test.com"}],
+        "reason": "email value is on the blocklist of the identity rules",
+    },
+    "profile_absorbed": {
+        "cause_event_id": CAUSE,
+        "profile_id": PROFILE_A,
+        "absorbed_profile_id": PROFILE_B,
+        "state": '{"ids": {"email": ["jana.novak@example.com"]}, "parts": {}}',
+    },
     "deal_closed": {
         "deal_id": "D-880",
         "lead_id": "L-3012",
@@ -199,6 +245,12 @@ PAYLOAD_PII = {
     "survey_answered": {"comment"},
     "alias": {"previous_id"},
     "custom_event": {"properties"},
+    "identifier_linked": {"identifiers"},
+    "profiles_merged": {"identifiers"},
+    "merge_refused": {"identifiers", "conflicts"},
+    "profile_split": {"identifiers"},
+    "identifier_blocked": {"identifiers"},
+    "profile_absorbed": {"state"},
 }
 
 
