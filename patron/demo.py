@@ -2,7 +2,8 @@
 
 Generates a realistic multi-source data set, ingests the files through the file
 connector, sends the web events through the HTTP collector with the Segment SDK,
-then shows what landed in the log and in the dead-letter store. Every step is a
+shows what landed in the log and in the dead-letter store, then resolves identities
+into unified profiles and shows a few merges and one profile. Every step is a
 ``patron`` command a user could type, printed before it runs.
 """
 
@@ -18,6 +19,10 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.rule import Rule
 
@@ -141,7 +146,52 @@ def main() -> None:
     patron("log", "tail", "-n", "3", "--type", "order_completed")
     console.print(Rule("6. what was rejected, and why"))
     patron("dlq", "list", "--limit", "8")
+    resolve_identities()
     console.print(f"\nEverything is in [bold]{DEMO_DIR}[/]; try `patron --data-dir {DEMO_DIR} --help`.")
+
+
+def resolve_identities() -> None:
+    """Issue 3's result: identity resolution, probabilistic duplicates, one unified profile."""
+    console.print(Rule("7. resolve identities into unified profiles (stream processors, embedded runner)"))
+    patron("run", "--until-caught-up")
+    console.print(Rule("8. find probable duplicates without a shared identifier, then apply the merges"))
+    patron("identity", "match")
+    patron("identity", "review")
+    patron("run", "--until-caught-up")
+    console.print(Rule("9. the unified profiles"))
+    export = DEMO_DIR / "export"
+    patron("profile", "--export", str(export))
+    profile_id, email = richest_profile(export)
+    truth = pacsv.read_csv(
+        INPUT / "ground_truth.csv", convert_options=pacsv.ConvertOptions(include_columns=["person_id"])
+    )
+    people = len(pc.unique(truth["person_id"]))
+    profiles = pq.read_metadata(export / "profiles.parquet").num_rows
+    known = pq.read_table(export / "identities.parquet")
+    known = known.filter(pc.invert(pc.is_in(known["kind"], pa.array(["anonymous_id", "device_id"]))))
+    identified = len(pc.unique(known["profile_id"]))
+    console.print(
+        f"{profiles} profiles for {people} real people in the generated ground truth; {identified} profiles carry "
+        f"an identifier beyond anonymous/device ids, the rest are visitors who never identified themselves"
+    )
+    patron("identity", "show", profile_id)
+    patron("profile", email, "--timeline", "8")
+
+
+def richest_profile(export: Path) -> tuple[str, str]:
+    """The profile with the most identifiers that has an email: the most merging to show."""
+    identities = pq.read_table(export / "identities.parquet")
+    counts = (
+        identities.group_by("profile_id")
+        .aggregate([("kind", "count")])
+        .sort_by([("kind_count", "descending")])
+    )
+    with_email = set(identities.filter(pc.equal(identities["kind"], "email"))["profile_id"].to_pylist())
+    profile_id = next(p for p in counts["profile_id"].to_pylist() if p in with_email)
+    emails = identities.filter(
+        pc.and_(pc.equal(identities["profile_id"], profile_id), pc.equal(identities["kind"], "email"))
+    )
+    return profile_id, emails["value"][0].as_py()
 
 
 if __name__ == "__main__":
