@@ -16,7 +16,7 @@ import fastavro
 
 from patron.events.routing import routing_key
 from patron.schemas.catalogue import Catalogue, default_catalogue
-from patron.schemas.registry import SchemaRegistry
+from patron.schemas.registry import SchemaRegistry, schema_text
 from patron.streams.log import Message
 
 MAGIC = 0
@@ -100,9 +100,13 @@ class EventCodec:
             writer = fastavro.parse_schema(written)
             event_type = written.get("event_type", "")
             try:
-                reader = self.catalogue.get(event_type).parsed
+                current = self.catalogue.get(event_type)
             except KeyError:
-                reader = writer
+                current = None
+            # Schema resolution costs about as much as the decode itself: only ask fastavro for it
+            # when the record was written with another version than the catalogue's current one.
+            same = current is None or schema_text(current.schema) == schema_text(written)
+            reader = None if same else current.parsed
             found = self._readers[schema_id] = (writer, reader)
             self._names[schema_id] = event_type
         return found
