@@ -1,6 +1,6 @@
 """Ingest benchmark: generated files -> mapping -> validation -> Avro -> event log, beside the raw ceilings.
 
-Usage: ``.venv/bin/python bench/ingest.py [--events N] [--kafka | --no-kafka] [--cpu C] [--markdown]``
+Usage: ``.venv/bin/python bench/ingest.py [--events N] [--kafka | --no-kafka] [--repeat R] [--markdown]``
 
 Everything is measured in one run on the same generated data (``patron generate``, seed 42):
 
@@ -9,7 +9,7 @@ Everything is measured in one run on the same generated data (``patron generate`
 - the ingest stages one at a time (read+map, validate, encode into log messages, append to the
   embedded log), to show where the time goes;
 - the real connector path (``run_stream`` with the file connector, as ``patron ingest`` runs it)
-  into the embedded SQLite log;
+  into the embedded SQLite log, at the default 2,000 events per append and at 10,000;
 - with Kafka (default: whenever the tansu broker starts): confluent-kafka producing the pre-encoded
   messages with KafkaLog's producer settings (raw ceiling 2), and the connector path into ``KafkaLog``.
 
