@@ -104,7 +104,9 @@ def _check_survey_score(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-RECORD_RULES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"patron.events.SurveyAnsweredPayload": _check_survey_score}
+RECORD_RULES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "patron.events.SurveyAnsweredPayload": _check_survey_score
+}
 
 
 class _TypeBuilder:
