@@ -105,7 +105,7 @@ def _check_survey_score(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 RECORD_RULES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "patron.events.SurveyAnsweredPayload": _check_survey_score
+    "patron.events.SurveyAnsweredPayload": _check_survey_score,
 }
 
 

@@ -347,6 +347,13 @@ class _Stage:
         return events, marks, duplicates
 
     async def _apply(self, partition: int, records: list[Record]) -> None:
+        try:
+            await self._apply_batch(partition, records)
+        except BaseException:
+            self._discard()  # nothing of a failed batch may linger in the caches
+            raise
+
+    async def _apply_batch(self, partition: int, records: list[Record]) -> None:
         poisoned: set[int] = set()
         views: dict[str, Any] = dict(self.stores)
         while True:
@@ -375,8 +382,8 @@ class _Stage:
         if len(journal) > MAX_JOURNAL_BYTES and len(records) > 1:
             self._discard()
             half = len(records) // 2
-            await self._apply(partition, records[:half])
-            await self._apply(partition, records[half:])
+            await self._apply_batch(partition, records[:half])
+            await self._apply_batch(partition, records[half:])
             return
         # Durability order: emitted events, then the journal, then the tables (see the docstring);
         # each step waits until the broker has it, so the next batch starts on durable ground.

@@ -95,11 +95,15 @@ class Worker:
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
-        finally:
-            self.process.kill()
+            stopped = True
+        except subprocess.TimeoutExpired:
+            stopped = False
+        self.process.kill()
+        self.process.wait()
         self._pump_thread.join(timeout=10)
         while not self._queue.empty():
             self.lines.append(self._queue.get_nowait())
+        assert stopped, "the worker did not stop within 30 s of SIGTERM:\n" + "\n".join(self.lines)
         assert self.process.returncode == 0, "\n".join(self.lines[-40:])
         counts = {}
         for line in self.lines:
