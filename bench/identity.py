@@ -50,7 +50,6 @@ EVENTS_PER_PERSON = 4
 APPEND_CHUNK = 5000
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 CAUGHT_UP_TIMEOUT_S = 900.0
-HERE = Path(__file__).resolve().parent
 console = Console(stderr=True)
 
 
@@ -292,13 +291,12 @@ def _lag(log: Any, group: Any, topics: tuple[str, ...]) -> int:
 
 def measure_kafka(persons: int, work: Path, cpu: int) -> dict[str, Any] | None:
     """``patron worker`` on tansu; None when the broker cannot start here."""
-    sys.path.insert(0, str(HERE))
-    from _broker import start_tansu
     from confluent_kafka import Consumer
 
     from patron.streams.kafka_log import KafkaLog
     from patron.streams.log import EVENTS_TOPIC
     from patron.streams.topology import IDENTITY_INPUT_TOPIC, PROFILE_EVENTS_TOPIC
+    from patron.testing_broker import start_tansu
 
     others = sorted(os.sched_getaffinity(0) - {cpu}) or [cpu]
     started = start_tansu(work / "tansu.log", cpus=others)

@@ -254,7 +254,7 @@ def measure_raw_produce(data: Path, work: Path, bootstrap: str) -> list[Row]:
 
     from patron.events.codec import EventCodec
     from patron.schemas.registry import FileRegistry
-    from patron.streams.kafka_log import KafkaLog
+    from patron.streams.kafka_log import PRODUCER_CONFIG, KafkaLog
 
     codec = EventCodec(FileRegistry(work / "registry.db"))
     messages = [
@@ -263,17 +263,7 @@ def measure_raw_produce(data: Path, work: Path, bootstrap: str) -> list[Row]:
     admin = KafkaLog(bootstrap)
     admin.ensure_topic(RAW_TOPIC)
     admin.close()
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-            "linger.ms": 5,
-            "compression.type": "gzip",
-            "compression.level": 1,
-        }
-    )
+    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
     wall, cpu = time.perf_counter(), time.process_time()
     for message in messages:
         while True:
@@ -410,7 +400,7 @@ def main() -> None:
             ("file -> LocalLog, big batches", measure_pipeline, (None, BIG_BATCH)),
         ]
         if args.kafka is not False:
-            from _broker import start_tansu
+            from patron.testing_broker import start_tansu
 
             broker = start_tansu(work / "tansu.log", others)
             if broker is None and args.kafka:

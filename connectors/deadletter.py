@@ -157,31 +157,24 @@ class DeadLetterStore:
 
     def add(self, letters: Sequence[DeadLetter]) -> int:
         """Append durably; returns how many were new (a letter already filed is not filed again)."""
-        if not letters:
-            return 0
-        messages = [
-            Message(
-                key=letter.source.encode(),
-                event_id=letter.id,
-                value=letter.to_json(),
-                timestamp_ms=int(letter.received_at.timestamp() * 1000),
-            )
-            for letter in letters
-        ]
-        return self.log.append(DEAD_LETTER_TOPIC, messages).appended
+        return self._append([(letter, letter.received_at) for letter in letters])
 
     def record(self, outcomes: Sequence[Resolution | ReplayFailure]) -> int:
         """Append replay outcomes durably (keyed by source, like the letters they are about)."""
-        if not outcomes:
+        return self._append([(outcome, outcome.at) for outcome in outcomes])
+
+    def _append(self, entries: Sequence[tuple[DeadLetter | Resolution | ReplayFailure, datetime]]) -> int:
+        """Letters and outcomes share one topic, keyed by source so a source's history stays in order."""
+        if not entries:
             return 0
         messages = [
             Message(
-                key=outcome.source.encode(),
-                event_id=outcome.id,
-                value=outcome.to_json(),
-                timestamp_ms=int(outcome.at.timestamp() * 1000),
+                key=entry.source.encode(),
+                event_id=entry.id,
+                value=entry.to_json(),
+                timestamp_ms=int(at.timestamp() * 1000),
             )
-            for outcome in outcomes
+            for entry, at in entries
         ]
         return self.log.append(DEAD_LETTER_TOPIC, messages).appended
 

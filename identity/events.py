@@ -10,10 +10,11 @@ source event after a crash emits the same ids, and the log's idempotent append d
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from patron.events.ids import sha1_uuid_text
 
 IDENTIFIER_BLOCKED = "identifier_blocked"
 PROFILE_CREATED = "profile_created"
@@ -41,11 +42,7 @@ Identifier = tuple[str, str]
 
 def uuid5_text(namespace: uuid.UUID, name: str) -> str:
     """``str(uuid.uuid5(namespace, name))`` without building UUID objects (3x faster; ids are on the hot path)."""
-    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return sha1_uuid_text(namespace.bytes + name.encode())
 
 
 def identity_event_id(cause_id: str, kind: str, index: int) -> str:
@@ -83,6 +80,11 @@ class IdentityEvent:
     identifiers: tuple[Identifier, ...] = ()
     conflicts: tuple[Identifier, ...] = ()
     reason: str | None = None
+
+    @classmethod
+    def only(cls, kind: str, cause_id: str, occurred_at: int, **fields: Any) -> IdentityEvent:
+        """The single event of ``kind`` an operator request causes (position 0 in its output)."""
+        return cls(identity_event_id(cause_id, kind, 0), kind, cause_id, occurred_at, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (orjson writes the tuples as arrays)."""

@@ -11,14 +11,12 @@ import difflib
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from patron.errors import PatronError
+from patron.yaml_config import read_packaged_yaml, read_yaml, validate_document
 
 DEFAULT_MATCH_FILE = "matching.yaml"
 FIELDS = (
@@ -173,30 +171,13 @@ class MatchRules(BaseModel):
 
 def parse_match_rules(data: Any, source: str) -> MatchRules:
     """Validate a parsed YAML document; errors name ``source`` and the offending key."""
-    if not isinstance(data, dict):
-        raise PatronError(f"{source}: matching rules must be a YAML mapping (see {DEFAULT_MATCH_FILE})")
-    try:
-        return MatchRules.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in error["loc"] if part != "[key]") or "(top level)"
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}: matching rules key '{key}': {message}")
-        raise PatronError("; ".join(problems)) from None
+    return validate_document(MatchRules, data, source, "matching rules", f"(see {DEFAULT_MATCH_FILE})")
 
 
 def load_match_rules(path: Path | None = None) -> MatchRules:
     """The rules in the YAML file at ``path``, or the shipped defaults when ``path`` is None."""
     if path is None:
-        text = resources.files("patron.identity").joinpath(DEFAULT_MATCH_FILE).read_text(encoding="utf-8")
-        return parse_match_rules(yaml.safe_load(text), DEFAULT_MATCH_FILE)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PatronError(f"{path}: cannot read matching rules ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PatronError(f"{path}: matching rules are not valid YAML ({exc})".replace("\n", " ")) from None
-    return parse_match_rules(data, str(path))
+        return parse_match_rules(
+            read_packaged_yaml("patron.identity", DEFAULT_MATCH_FILE), DEFAULT_MATCH_FILE
+        )
+    return parse_match_rules(read_yaml(path, "matching rules"), str(path))

@@ -27,7 +27,6 @@ from patron.identity.events import (
     PROFILES_MERGED,
     Identifier,
     IdentityEvent,
-    identity_event_id,
 )
 from patron.identity.resolver import SPLIT_REASON, _split_apart, micros
 from patron.identity.state import IdentityState, apply, identifier_key
@@ -66,8 +65,7 @@ def merge(
     named = identifiers[1] if merged == second else identifiers[0]
     refusal = _split_apart(state, [survivor], merged, *named) if state.splits else None
     if refusal is not None:
-        event = IdentityEvent(
-            identity_event_id(request_id, MERGE_REFUSED, 0),
+        event = IdentityEvent.only(
             MERGE_REFUSED,
             request_id,
             micros(at),
@@ -76,8 +74,7 @@ def merge(
         )
         return state, [event]
     moved = tuple((kind, value) for kind, values in profiles[merged]["ids"].items() for value in values)
-    event = IdentityEvent(
-        identity_event_id(request_id, PROFILES_MERGED, 0),
+    event = IdentityEvent.only(
         PROFILES_MERGED,
         request_id,
         micros(at),

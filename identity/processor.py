@@ -346,16 +346,7 @@ class IdentityProcessor:
             )
         except PatronError as exc:
             refusal = {**payload, "cause_event_id": request_id, "new_profile_id": None, "error": str(exc)}
-            event = derived_event(
-                identity_event_id(request_id, PROFILE_SPLIT, 0),
-                PROFILE_SPLIT,
-                source=IDENTITY_SOURCE,
-                occurred_at=envelope["occurred_at"],
-                received_at=envelope["received_at"],
-                payload=refusal,
-                identifiers=envelope["identifiers"],
-            )
-            return [Emit(IDENTITY_TOPIC, event, key=payload["profile_id"])]
+            return self._refusal(envelope, PROFILE_SPLIT, refusal, key=payload["profile_id"])
         graph.flush()
         return list(self._emits(identity_events, envelope))
 
@@ -380,18 +371,23 @@ class IdentityProcessor:
                 "conflicts": [],
                 "reason": str(exc),
             }
-            event = derived_event(
-                identity_event_id(request_id, MERGE_REFUSED, 0),
-                MERGE_REFUSED,
-                source=IDENTITY_SOURCE,
-                occurred_at=envelope["occurred_at"],
-                received_at=envelope["received_at"],
-                payload=refusal,
-                identifiers=envelope["identifiers"],
-            )
-            return [Emit(IDENTITY_TOPIC, event, key=payload["profile_id"])]
+            return self._refusal(envelope, MERGE_REFUSED, refusal, key=payload["profile_id"])
         graph.flush()
         return list(self._emits(identity_events, envelope))
+
+    @staticmethod
+    def _refusal(envelope: dict[str, Any], event_type: str, payload: dict[str, Any], key: str) -> list[Emit]:
+        """A refused operator request still gets an answer on the identity topic, saying why."""
+        event = derived_event(
+            identity_event_id(envelope["event_id"], event_type, 0),
+            event_type,
+            source=IDENTITY_SOURCE,
+            occurred_at=envelope["occurred_at"],
+            received_at=envelope["received_at"],
+            payload=payload,
+            identifiers=envelope["identifiers"],
+        )
+        return [Emit(IDENTITY_TOPIC, event, key=key)]
 
     @staticmethod
     def _emits(identity_events: list[IdentityEvent], cause: dict[str, Any]) -> Iterator[Emit]:

@@ -17,23 +17,20 @@ import difflib
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from patron.errors import PatronError
+from patron.yaml_config import no_repeats, read_packaged_yaml, read_yaml, validate_document
 
 BASE_KINDS = ("user_id", "anonymous_id", "email", "phone", "device_id")
 EXTERNAL = "external:"
@@ -165,9 +162,7 @@ class IdentityRules(BaseModel):
     @field_validator("priority")
     @classmethod
     def _priority(cls, kinds: list[str]) -> list[str]:
-        duplicates = sorted({kind for kind in kinds if kinds.count(kind) > 1})
-        if duplicates:
-            raise ValueError(f"{', '.join(duplicates)} listed more than once")
+        no_repeats(kinds)
         missing = [kind for kind in BASE_KINDS if kind not in kinds]
         if missing:
             raise ValueError(f"every identifier field needs a place; add {', '.join(missing)}")
@@ -206,35 +201,16 @@ class IdentityRules(BaseModel):
 
 def parse_rules(data: Any, source: str) -> IdentityRules:
     """Validate a parsed YAML document; errors name ``source`` and the offending key, one per line."""
-    if not isinstance(data, dict):
-        raise PatronError(f"{source}: identity rules must be a YAML mapping with a 'priority' key")
-    try:
-        return IdentityRules.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in error["loc"] if part != "[key]") or "(top level)"
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}: identity rules key '{key}': {message}")
-        raise PatronError("; ".join(problems)) from None
+    return validate_document(IdentityRules, data, source, "identity rules", "with a 'priority' key")
 
 
 def load_rules(path: Path | None = None) -> IdentityRules:
     """The rules in the YAML file at ``path``, or the shipped defaults when ``path`` is None."""
     if path is None:
         return default_rules()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PatronError(f"{path}: cannot read identity rules ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PatronError(f"{path}: identity rules are not valid YAML ({exc})".replace("\n", " ")) from None
-    return parse_rules(data, str(path))
+    return parse_rules(read_yaml(path, "identity rules"), str(path))
 
 
 def default_rules() -> IdentityRules:
     """The rules shipped as ``patron/identity/default_rules.yaml``."""
-    text = resources.files("patron.identity").joinpath(DEFAULT_RULES_FILE).read_text(encoding="utf-8")
-    return parse_rules(yaml.safe_load(text), DEFAULT_RULES_FILE)
+    return parse_rules(read_packaged_yaml("patron.identity", DEFAULT_RULES_FILE), DEFAULT_RULES_FILE)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from patron.errors import PatronError
-from patron.identity.events import PROFILE_SPLIT, Identifier, IdentityEvent, identity_event_id, uuid5_text
+from patron.identity.events import PROFILE_SPLIT, Identifier, IdentityEvent, uuid5_text
 from patron.identity.resolver import SPLIT_REASON, micros
 from patron.identity.rules import IdentityRules
 from patron.identity.state import IdentityState, apply, identifier_key
@@ -64,8 +64,7 @@ def split(
             f"split {request_id}: profile {profile_id} holds nothing but what would move; nothing would remain"
         )
     target = uuid5_text(rules.plan.namespace, f"split:{request_id}:{key}")
-    event = IdentityEvent(
-        identity_event_id(request_id, PROFILE_SPLIT, 0),
+    event = IdentityEvent.only(
         PROFILE_SPLIT,
         request_id,
         micros(at),

@@ -12,15 +12,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from patron.errors import PatronError
 from patron.schemas.catalogue import default_catalogue
+from patron.yaml_config import no_repeats, read_packaged_yaml, read_yaml, validate_document
 
 DEFAULT_RULES_FILE = "profile_rules.yaml"
 ANY = "*"
@@ -98,10 +96,7 @@ class ProfileRules(BaseModel):
     @field_validator("source_priority")
     @classmethod
     def _unique_sources(cls, sources: list[str]) -> list[str]:
-        duplicates = sorted({source for source in sources if sources.count(source) > 1})
-        if duplicates:
-            raise ValueError(f"{', '.join(duplicates)} listed more than once")
-        return sources
+        return no_repeats(sources)
 
     @model_validator(mode="after")
     def _known_event_types_and_paths(self) -> ProfileRules:
@@ -142,31 +137,12 @@ class ProfileRules(BaseModel):
 
 def parse_profile_rules(data: Any, source: str) -> ProfileRules:
     """Validate a parsed YAML document; errors name ``source`` and the offending key."""
-    if not isinstance(data, dict):
-        raise PatronError(f"{source}: profile rules must be a YAML mapping (see {DEFAULT_RULES_FILE})")
-    try:
-        return ProfileRules.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            problems.append(
-                f"{source}: profile rules key '{key}': {error['msg'].removeprefix('Value error, ')}"
-            )
-        raise PatronError("; ".join(problems)) from None
+    return validate_document(ProfileRules, data, source, "profile rules", f"(see {DEFAULT_RULES_FILE})")
 
 
 def load_profile_rules(path: Path | None = None) -> ProfileRules:
     """The rules in the YAML file at ``path``, or the shipped defaults when ``path`` is None."""
     if path is None:
-        text = resources.files("patron.projections").joinpath(DEFAULT_RULES_FILE).read_text(encoding="utf-8")
-        return parse_profile_rules(yaml.safe_load(text), DEFAULT_RULES_FILE)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PatronError(f"{path}: cannot read profile rules ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PatronError(f"{path}: profile rules are not valid YAML ({exc})".replace("\n", " ")) from None
-    return parse_profile_rules(data, str(path))
+        data = read_packaged_yaml("patron.projections", DEFAULT_RULES_FILE)
+        return parse_profile_rules(data, DEFAULT_RULES_FILE)
+    return parse_profile_rules(read_yaml(path, "profile rules"), str(path))

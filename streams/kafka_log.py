@@ -37,6 +37,19 @@ EVENT_ID_HEADER = "event_id"
 DEDUP_WINDOW = 1_000_000
 """How many recently appended event ids per topic the in-process duplicate check remembers."""
 
+# The producer settings every writer of patron's topics uses (the log and the ingest benchmark):
+# idempotent, fully acknowledged, keyed like Kafka's Java clients. gzip, not lz4/zstd: every Kafka
+# client reads it without optional codec libraries (kafka-python and aiokafka/faust need extra
+# packages for the others).
+PRODUCER_CONFIG: dict[str, str | int | bool] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "partitioner": "murmur2_random",
+    "linger.ms": 5,
+    "compression.type": "gzip",
+    "compression.level": 1,
+}
+
 
 class KafkaLog:
     """An :class:`~patron.streams.log.EventLog` on the Kafka cluster at ``bootstrap`` (``host:port,...``).
@@ -70,14 +83,7 @@ class KafkaLog:
         self._producer = Producer(
             {
                 **common,
-                "enable.idempotence": True,
-                "acks": "all",
-                "partitioner": "murmur2_random",
-                "linger.ms": 5,
-                # gzip, not lz4/zstd: every Kafka client reads it without optional codec libraries
-                # (kafka-python and aiokafka/faust need extra packages for the others).
-                "compression.type": "gzip",
-                "compression.level": 1,
+                **PRODUCER_CONFIG,
                 "delivery.timeout.ms": int(timeout * 1000),
             }
         )

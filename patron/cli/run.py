@@ -18,7 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from patron.cli.output import console, err_console, settings_of
+from patron.cli.output import console, err_console, settings_on
 from patron.errors import EXIT_INVALID, PatronError
 from patron.events.codec import EventCodec
 from patron.schemas.open import open_registry
@@ -68,13 +68,12 @@ def run(
     topology: str = typer.Option(DEFAULT_TOPOLOGY, "--topology", help=TOPOLOGY_HELP),
 ) -> None:
     """Run the stream processors (identity, profiles) on the embedded log."""
-    settings = settings_of(ctx)
-    if settings.broker.scheme != "local":
-        raise PatronError(
-            f"`patron run` is the embedded runner and needs a local:// broker, not {settings.broker}; "
-            "on Kafka start `patron worker` (as many as you like, with one --app-id)",
-            EXIT_INVALID,
-        )
+    settings = settings_on(
+        ctx,
+        "local",
+        "`patron run` is the embedded runner and needs a local:// broker, not {broker}; "
+        "on Kafka start `patron worker` (as many as you like, with one --app-id)",
+    )
     processors = load_topology(topology)
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     try:

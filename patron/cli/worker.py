@@ -13,9 +13,8 @@ from pathlib import Path
 
 import typer
 
-from patron.cli.output import err_console, settings_of
+from patron.cli.output import err_console, settings_on
 from patron.cli.run import DEFAULT_TOPOLOGY, TOPOLOGY_HELP, load_topology
-from patron.errors import EXIT_INVALID, PatronError
 from patron.events.codec import EventCodec
 from patron.schemas.open import open_registry
 from patron.streams.local_runner import DEFAULT_BATCH_SIZE
@@ -42,13 +41,12 @@ def worker(
     ),
 ) -> None:
     """Run the stream processors on Kafka (faust) until Ctrl-C / SIGTERM."""
-    settings = settings_of(ctx)
-    if settings.broker.scheme != "kafka":
-        raise PatronError(
-            f"`patron worker` runs on Kafka and needs a kafka:// broker, not {settings.broker}; "
-            "on the embedded log use `patron run` (add --follow to keep processing new events)",
-            EXIT_INVALID,
-        )
+    settings = settings_on(
+        ctx,
+        "kafka",
+        "`patron worker` runs on Kafka and needs a kafka:// broker, not {broker}; "
+        "on the embedded log use `patron run` (add --follow to keep processing new events)",
+    )
     from patron.streams.faust_runner import WorkerConfig, run_worker  # faust is slow to import
 
     processors = load_topology(topology)

