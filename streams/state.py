@@ -23,6 +23,7 @@ import orjson
 
 from patron.errors import EXIT_BUG, PatronError
 from patron.streams.local_log import LocalLog, LocalTransaction
+from patron.streams.log import EventLog, scan
 
 DEFAULT_CACHE_SIZE = 100_000
 """Keys kept in memory per store between batches (least recently used are dropped first)."""
@@ -198,3 +199,18 @@ def store_name(processor: str, store: str) -> str:
 def read_store(log: LocalLog, processor: str, store: str) -> dict[str, Any]:
     """A processor store's committed content, for readers outside the runner (CLI, tests)."""
     return dict(SqliteStore(log, store_name(processor, store), cache_size=0).items())
+
+
+def read_changelog(log: EventLog, app_id: str, processor: str, store: str) -> dict[str, Any]:
+    """The Kafka counterpart of :func:`read_store`: a faust table folded from its changelog topic.
+
+    The changelog is compacted key -> latest value; an empty value is a deletion.
+    """
+    table: dict[str, Any] = {}
+    for record in scan(log, f"{app_id}-{store_name(processor, store)}-changelog"):
+        key = orjson.loads(record.key or b"null")
+        if record.value:
+            table[key] = orjson.loads(record.value)
+        else:
+            table.pop(key, None)
+    return table

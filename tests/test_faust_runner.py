@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from crashloop_topology import events_topic, milestones_topic, toy_processors
 from test_local_runner import toy_input
@@ -34,7 +33,7 @@ from patron.streams.kafka_log import KafkaLog
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 from patron.streams.log import Message, scan
-from patron.streams.state import read_store
+from patron.streams.state import read_changelog, read_store
 
 TESTS = Path(__file__).parent
 PATRON = Path(sys.executable).parent / "patron"
@@ -150,17 +149,11 @@ def embedded_result(directory: Path, codec: EventCodec, messages: list[Message])
 
 def kafka_result(log: KafkaLog, app_id: str) -> dict[str, Any]:
     """The workers' state, folded from the changelog topics, and their emitted events by id."""
-    state = {}
-    for processor in toy_processors():
-        for store in processor.stores:
-            table: dict[str, Any] = {}
-            for record in scan(log, f"{app_id}-{processor.name}.{store}-changelog"):
-                key = orjson.loads(record.key)
-                if record.value:
-                    table[key] = orjson.loads(record.value)
-                else:
-                    table.pop(key, None)
-            state[f"{processor.name}.{store}"] = table
+    state = {
+        f"{processor.name}.{store}": read_changelog(log, app_id, processor.name, store)
+        for processor in toy_processors()
+        for store in processor.stores
+    }
     emitted = {r.event_id: (r.partition, r.key, r.value) for r in scan(log, milestones_topic())}
     return {"state": state, "emitted": emitted}
 

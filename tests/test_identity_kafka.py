@@ -57,8 +57,8 @@ from patron.projections.profile_rules import load_profile_rules
 from patron.projections.profiles import summary
 from patron.streams.kafka_log import KafkaLog
 from patron.streams.local_log import LocalLog
-from patron.streams.log import EVENTS_TOPIC, scan
-from patron.streams.state import read_store
+from patron.streams.log import EVENTS_TOPIC
+from patron.streams.state import read_changelog, read_store
 from patron.streams.topology import IDENTITY_INPUT_TOPIC, PROFILE_EVENTS_TOPIC
 
 PLAN = load_profile_rules().plan
@@ -116,13 +116,7 @@ def embedded_profiles(data_dir: Path) -> dict[str, dict[str, Any]]:
 
 def kafka_profiles(log: KafkaLog, app_id: str) -> dict[str, dict[str, Any]]:
     """The worker's profiles table folded from its changelog topic, summarised like the embedded one."""
-    table: dict[str, Any] = {}
-    for record in scan(log, f"{app_id}-profiles.profiles-changelog"):
-        key = orjson.loads(record.key)
-        if record.value:
-            table[key] = orjson.loads(record.value)
-        else:
-            table.pop(key, None)
+    table = read_changelog(log, app_id, "profiles", "profiles")
     return {key: summary(key, value, PLAN) for key, value in table.items() if "merged_into" not in value}
 
 
