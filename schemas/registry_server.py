@@ -162,8 +162,6 @@ class _Api:
             schema_id = await self._call(self.registry.register, subject, schema)
         except IncompatibleSchema as exc:
             raise RegistryHTTPError(409, INCOMPATIBLE, str(exc)) from None
-        except InvalidSchema as exc:
-            raise RegistryHTTPError(422, INVALID_SCHEMA, str(exc)) from None
         return _reply({"id": schema_id})
 
     async def lookup(self, request: Request) -> Response:
@@ -187,10 +185,7 @@ class _Api:
         """Against the versions the subject's level names (all of them for ``_TRANSITIVE``), as registering would."""
         subject = request.path_params["subject"]
         schema = await _schema_of(request)
-        try:
-            messages = await self._call(self.registry.check, subject, schema)
-        except InvalidSchema as exc:
-            raise RegistryHTTPError(422, INVALID_SCHEMA, str(exc)) from None
+        messages = await self._call(self.registry.check, subject, schema)
         return _reply({"is_compatible": not messages, "messages": messages})
 
     async def compatible_with_version(self, request: Request) -> Response:
@@ -198,10 +193,7 @@ class _Api:
         schema = await _schema_of(request)
         found = await self._registered(subject, request.path_params["version"])
         level = await self._call(self.registry.compatibility, subject)
-        try:
-            messages = check_compatibility(schema, [found.schema], level, versions=[found.version])
-        except InvalidSchema as exc:
-            raise RegistryHTTPError(422, INVALID_SCHEMA, str(exc)) from None
+        messages = check_compatibility(schema, [found.schema], level, versions=[found.version])
         return _reply({"is_compatible": not messages, "messages": messages})
 
     async def get_config(self, request: Request) -> Response:
@@ -223,6 +215,11 @@ class _Api:
 
 async def _registry_error(request: Request, exc: RegistryHTTPError) -> Response:
     return _error_reply(exc.status, exc.error_code, exc.message)
+
+
+async def _invalid_schema(request: Request, exc: InvalidSchema) -> Response:
+    """Any endpoint given a schema that is not valid Avro answers as Confluent's registry does."""
+    return _error_reply(422, INVALID_SCHEMA, str(exc))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -261,6 +258,7 @@ def create_app(registry: SchemaRegistry) -> Starlette:
         routes=routes,
         exception_handlers={
             RegistryHTTPError: _registry_error,
+            InvalidSchema: _invalid_schema,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

@@ -209,6 +209,15 @@ def test_rest_answers_use_confluent_media_type_and_error_bodies(registry_url: st
             42201,
         )
         assert error(http.put("/config", json={"compatibility": "SOMETIMES"})) == (422, 42203)
+        not_avro = {
+            "schema": json.dumps({"type": "record", "name": "X", "fields": [{"name": "a", "type": "nope"}]})
+        }
+        for path in (f"/subjects/{SUBJECT}/versions", f"/compatibility/subjects/{SUBJECT}/versions"):
+            assert error(http.post(path, json=not_avro)) == (422, 42201), path
+        assert error(http.post(f"/compatibility/subjects/{SUBJECT}/versions/1", json=not_avro)) == (
+            422,
+            42201,
+        )
         assert error(http.get("/no/such/route")) == (404, 404)
 
         breaking = {"schema": json.dumps(order_schema(revenue="string"))}
