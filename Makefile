@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean deploy-tools
+.PHONY: demo test lint bench clean deploy-tools browser-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m patron.demo
 
-test: $(STAMP) deploy-tools
+test: $(STAMP) deploy-tools browser-tools
 	$(BIN)/python -m pytest
 
 # tests/test_deploy.py validates deploy/docker-compose.yml with docker-compose, which needs no Docker engine.
 deploy-tools:
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
+
+# tests/test_report.py renders `patron report` in headless Chromium (Debian's chromium package).
+browser-tools:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/projections.py
 
 clean:
 	rm -rf $(VENV) patron-data

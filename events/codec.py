@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -61,15 +62,19 @@ class EventCodec:
         fastavro.schemaless_writer(out, parsed, event)
         return out.getvalue()
 
-    def message(self, event: dict[str, Any]) -> Message:
-        """The log message for an event: routed by its identifiers, deduplicated by its id."""
+    def message(
+        self, event: dict[str, Any], *, key: bytes | None = None, value: bytes | None = None
+    ) -> Message:
+        """The log message for an event: routed by its identifiers (or by ``key``), deduplicated by
+        its id. ``value``: the event's encoding when the caller already has it (a record passed on
+        unchanged keeps its bytes: no re-encoding, and the same bytes as its source)."""
         envelope = event["envelope"]
         occurred: datetime = envelope["occurred_at"]
         event_id = str(envelope["event_id"])
         return Message(
-            key=routing_key(envelope["identifiers"], event_id),
+            key=routing_key(envelope["identifiers"], event_id) if key is None else key,
             event_id=event_id,
-            value=self.encode(event),
+            value=self.encode(event) if value is None else value,
             timestamp_ms=int(occurred.timestamp() * 1000),
         )
 
@@ -84,7 +89,7 @@ class EventCodec:
         writer, reader = self._reader(schema_id)
         event = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader)
         envelope = event["envelope"]
-        envelope["event_id"] = str(envelope["event_id"])  # the uuid logical type reads back as uuid.UUID
+        envelope["event_id"] = _canonical_uuid(envelope["event_id"])
         return event
 
     def event_type_of(self, data: bytes) -> str:
@@ -97,7 +102,7 @@ class EventCodec:
         found = self._readers.get(schema_id)
         if found is None:
             written = self.registry.schema(schema_id)
-            writer = fastavro.parse_schema(written)
+            writer = fastavro.parse_schema(_without_uuid_type(written))
             event_type = written.get("event_type", "")
             try:
                 current = self.catalogue.get(event_type)
@@ -106,7 +111,38 @@ class EventCodec:
             # Schema resolution costs about as much as the decode itself: only ask fastavro for it
             # when the record was written with another version than the catalogue's current one.
             same = current is None or schema_text(current.schema) == schema_text(written)
-            reader = None if same else current.parsed
+            reader = None if same else fastavro.parse_schema(_without_uuid_type(current.schema))
             found = self._readers[schema_id] = (writer, reader)
             self._names[schema_id] = event_type
         return found
+
+
+def _without_uuid_type(schema: Any) -> Any:
+    """``schema`` with the uuid logical type read as its plain string.
+
+    fastavro turns a uuid into a ``uuid.UUID`` that :meth:`EventCodec.decode` would only turn back
+    into text; reading the text and checking its form (:func:`_canonical_uuid`) costs a fraction.
+    """
+    if isinstance(schema, dict):
+        if schema.get("logicalType") == "uuid" and schema.get("type") == "string":
+            return "string"
+        return {name: _without_uuid_type(value) for name, value in schema.items()}
+    if isinstance(schema, list):
+        return [_without_uuid_type(item) for item in schema]
+    return schema
+
+
+_UUID_DIGITS = frozenset("0123456789abcdef-")
+
+
+def _canonical_uuid(text: str) -> str:
+    """The canonical (lower-case, hyphenated) form of a uuid's text, as ``str(uuid.UUID(text))`` gives;
+    the text itself when it already is (every id Patron writes), without building a ``uuid.UUID``."""
+    if (
+        len(text) == 36
+        and text[8] == text[13] == text[18] == text[23] == "-"
+        and text.count("-") == 4
+        and _UUID_DIGITS.issuperset(text)
+    ):
+        return text
+    return str(uuid.UUID(text))

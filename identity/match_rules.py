@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from patron.yaml_config import read_packaged_yaml, read_yaml, validate_document
+from patron.yaml_config import load_document, validate_document
 
 DEFAULT_MATCH_FILE = "matching.yaml"
 FIELDS = (
@@ -176,8 +176,4 @@ def parse_match_rules(data: Any, source: str) -> MatchRules:
 
 def load_match_rules(path: Path | None = None) -> MatchRules:
     """The rules in the YAML file at ``path``, or the shipped defaults when ``path`` is None."""
-    if path is None:
-        return parse_match_rules(
-            read_packaged_yaml("patron.identity", DEFAULT_MATCH_FILE), DEFAULT_MATCH_FILE
-        )
-    return parse_match_rules(read_yaml(path, "matching rules"), str(path))
+    return load_document(MatchRules, path, "patron.identity", DEFAULT_MATCH_FILE, "matching rules")

@@ -39,7 +39,7 @@ from patron.identity.merge import merge
 from patron.identity.resolver import SPLIT_REASON, resolve
 from patron.identity.rules import BASE_KINDS, EXTERNAL, IdentityRules, default_rules
 from patron.identity.split import split
-from patron.identity.state import IdentityState
+from patron.identity.state import IdentityState, identifier_key
 from patron.streams.log import EVENTS_TOPIC
 from patron.streams.processor import Emit
 from patron.streams.topology import (
@@ -311,6 +311,16 @@ class IdentityProcessor:
 
     def __init__(self, rules: IdentityRules | None = None):
         self.rules = rules or default_rules()
+
+    def prefetch_keys(self, event: dict[str, Any]) -> list[tuple[str, str]]:
+        """The index keys of the event's identifiers (see ``streams.processor.Prefetching``): what
+        resolution looks up first; most are new while a graph grows, and a miss is as dear as a hit."""
+        found = event["envelope"]["identifiers"]
+        keys = [("identifiers", identifier_key(kind, found[kind])) for kind in BASE_KINDS if found.get(kind)]
+        for name, value in (found.get("external_ids") or {}).items():
+            if value:
+                keys.append(("identifiers", identifier_key(EXTERNAL + name, value)))
+        return keys
 
     def process(self, stores: dict[str, MutableMapping[str, Any]], event: dict[str, Any]) -> list[Emit]:
         graph = _Graph(stores)

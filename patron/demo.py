@@ -2,8 +2,9 @@
 
 Generates a realistic multi-source data set, ingests the files through the file
 connector, sends the web events through the HTTP collector with the Segment SDK,
-shows what landed in the log and in the dead-letter store, then resolves identities
-into unified profiles and shows a few merges and one profile. Every step is a
+shows what landed in the log and in the dead-letter store, resolves identities
+into unified profiles and shows a few merges and one profile, then snapshots the
+projections (RFM, CLV, health, lifecycle, KPIs), queries them with SQL and writes the report. Every step is a
 ``patron`` command a user could type, printed before it runs.
 """
 
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -147,6 +148,7 @@ def main() -> None:
     console.print(Rule("6. what was rejected, and why"))
     patron("dlq", "list", "--limit", "8")
     resolve_identities()
+    analytics()
     console.print(f"\nEverything is in [bold]{DEMO_DIR}[/]; try `patron --data-dir {DEMO_DIR} --help`.")
 
 
@@ -176,6 +178,36 @@ def resolve_identities() -> None:
     )
     patron("identity", "show", profile_id)
     patron("profile", email, "--timeline", "8")
+
+
+def analytics() -> None:
+    """Issue 4's result: a snapshot as of the generated period's last day, SQL over it, the HTML report."""
+    window = orjson.loads((INPUT / "manifest.json").read_bytes())["window"]
+    last_day = (datetime.fromisoformat(window["end"]) - timedelta(microseconds=1)).date().isoformat()
+    console.print(Rule(f"10. snapshot the projections as of {last_day}, the generated period's last day"))
+    patron("snapshot", "--as-of", last_day)
+    console.print(Rule("11. analysts' SQL over the snapshot (DuckDB, read-only)"))
+    patron(
+        "sql",
+        "SELECT segment, count(*) AS customers, round(avg(recency_days)) AS recency_days, "
+        "round(avg(frequency), 1) AS orders, round(avg(monetary), 2) AS monetary "
+        "FROM rfm GROUP BY ALL ORDER BY monetary DESC",
+    )
+    patron(
+        "sql",
+        "SELECT profile_id, round(p_alive, 2) AS p_alive, round(expected_purchases_365d, 2) AS purchases_365d, "
+        "round(clv_365d, 2) AS clv_365d, round(historical_clv, 2) AS historical "
+        "FROM clv ORDER BY clv_365d DESC NULLS LAST LIMIT 5",
+    )
+    patron(
+        "sql",
+        "SELECT h.status, count(*) AS customers, round(avg(h.score), 1) AS avg_score, "
+        "count(*) FILTER (WHERE len(h.alerts) > 0) AS with_alerts FROM health h GROUP BY ALL ORDER BY avg_score",
+    )
+    patron("sql", "SELECT stage, count(*) AS customers FROM lifecycle GROUP BY ALL ORDER BY customers DESC")
+    patron("sql", "SELECT * FROM kpi_retention_monthly")
+    console.print(Rule("12. the HTML report (RFM grid, health factors, CLV, cohorts, lifecycle funnel)"))
+    patron("report")
 
 
 def richest_profile(export: Path) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """Loading YAML rule files into pydantic models, with one-line errors that name the file and key.
 
-Identity rules, matching rules and profile rules are all YAML documents validated by a pydantic
-model; they share this loader so a bad file reads the same way whichever rules it holds:
+Identity, matching and profile rules and the score settings (RFM, CLV, health, lifecycle) are all
+YAML documents validated by a pydantic model; they share this loader so a bad file reads the same way whichever rules it holds:
 ``<file>: <what> key '<dotted.key>': <problem>``.
 """
 
@@ -45,6 +45,15 @@ def no_repeats(items: list[str]) -> list[str]:
     if repeated:
         raise ValueError(f"{', '.join(repeated)} listed more than once")
     return items
+
+
+def load_document(model: type[Model], path: Path | None, package: str, default_file: str, what: str) -> Model:
+    """The settings in the YAML file at ``path`` validated as ``model``, or, when ``path`` is None,
+    the defaults shipped as ``default_file`` in ``package``; errors as :func:`validate_document`'s."""
+    hint = f"(see {default_file})"
+    if path is None:
+        return validate_document(model, read_packaged_yaml(package, default_file), default_file, what, hint)
+    return validate_document(model, read_yaml(path, what), str(path), what, hint)
 
 
 def validate_document(model: type[Model], data: Any, source: str, what: str, mapping_hint: str) -> Model:

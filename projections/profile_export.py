@@ -9,7 +9,7 @@ however many profiles there are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,6 @@ def count_profiles(log: LocalLog) -> int:
     return int(log.db.execute("SELECT count(*) FROM state WHERE store = ?", (name,)).fetchone()[0])
 
 
-def _states(log: LocalLog) -> Iterator[tuple[str, dict[str, Any]]]:
-    name = store_name(ProfileProcessor.name, "profiles")
-    for key, value in log.db.execute("SELECT key, value FROM state WHERE store = ? ORDER BY key", (name,)):
-        yield bytes(key).decode(), orjson.loads(value)
-
-
 def _row(profile_id: str, profile: dict[str, Any], plan: ProfilePlan) -> dict[str, Any]:
     view = summary(profile_id, profile, plan)
     return {
@@ -71,9 +65,14 @@ def _row(profile_id: str, profile: dict[str, Any], plan: ProfilePlan) -> dict[st
 
 
 def export_profiles(
-    log: LocalLog, out_dir: Path, plan: ProfilePlan, progress: Callable[[int], None] | None = None
+    states: Iterable[tuple[str, dict[str, Any]]],
+    out_dir: Path,
+    plan: ProfilePlan,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Write both files into ``out_dir``; returns (profiles, identifier rows) written."""
+    """Write both files into ``out_dir`` from (profile id, state) pairs, tombstones included (skipped):
+    the embedded store's ``fact_tables.stored_profiles`` or a Kafka worker's ``changelog_profiles``.
+    Returns (profiles, identifier rows) written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     profiles = identities = 0
     rows: list[dict[str, Any]] = []
@@ -90,7 +89,7 @@ def export_profiles(
             for column in ids.values():
                 column.clear()
 
-        for profile_id, state in _states(log):
+        for profile_id, state in states:
             if progress is not None:
                 progress(1)
             if "merged_into" in state:

@@ -88,6 +88,11 @@ class ProfileProcessor:
         self.plan = (rules or load_profile_rules()).plan
         self.identity_plan = (identity_rules or default_rules()).plan
 
+    def prefetch_keys(self, event: dict[str, Any]) -> list[tuple[str, str]]:
+        """The profile a record is keyed by (see ``streams.processor.Prefetching``)."""
+        key = event.get("_key")
+        return [("profiles", key)] if key else []
+
     def process(self, stores: dict[str, MutableMapping[str, Any]], event: dict[str, Any]) -> list[Emit]:
         key = event.get("_key")
         if not key:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from patron.schemas.catalogue import default_catalogue
-from patron.yaml_config import no_repeats, read_packaged_yaml, read_yaml, validate_document
+from patron.yaml_config import load_document, no_repeats
 
 DEFAULT_RULES_FILE = "profile_rules.yaml"
 ANY = "*"
@@ -135,14 +135,6 @@ class ProfileRules(BaseModel):
         )
 
 
-def parse_profile_rules(data: Any, source: str) -> ProfileRules:
-    """Validate a parsed YAML document; errors name ``source`` and the offending key."""
-    return validate_document(ProfileRules, data, source, "profile rules", f"(see {DEFAULT_RULES_FILE})")
-
-
 def load_profile_rules(path: Path | None = None) -> ProfileRules:
     """The rules in the YAML file at ``path``, or the shipped defaults when ``path`` is None."""
-    if path is None:
-        data = read_packaged_yaml("patron.projections", DEFAULT_RULES_FILE)
-        return parse_profile_rules(data, DEFAULT_RULES_FILE)
-    return parse_profile_rules(read_yaml(path, "profile rules"), str(path))
+    return load_document(ProfileRules, path, "patron.projections", DEFAULT_RULES_FILE, "profile rules")

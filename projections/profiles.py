@@ -13,6 +13,8 @@ Why *parts*: an event's contribution is folded into the part of its **anchor**, 
 highest-priority usable identifier (the one identity resolution guarantees is in the event's
 profile). A split moves identifiers; the parts anchored on them move with them, so both sides are
 right without re-reading the log. A merge is the union of the parts.
+A part also holds the customer *facts* the scores read (daily order totals, tickets, ...; see
+``projections/facts.py``), so they move with it.
 
 Every combination is order-independent: counts add, first/last seen take min/max, and a trait or
 consent is a maximum over a total order (event time, source rank, event id). So folding events,
@@ -30,6 +32,7 @@ import orjson
 
 from patron.identity.resolver import micros
 from patron.identity.rules import EXTERNAL, RulePlan
+from patron.projections.facts import fold_facts, merge_facts
 from patron.projections.profile_rules import ProfilePlan, TraitSource
 
 Part = dict[str, Any]
@@ -69,7 +72,15 @@ def new_profile(profile_id: str) -> Profile:
 
 
 def new_part() -> Part:
-    return {"first_seen": None, "last_seen": None, "types": {}, "sources": {}, "traits": {}, "consent": {}}
+    return {
+        "first_seen": None,
+        "last_seen": None,
+        "types": {},
+        "sources": {},
+        "traits": {},
+        "consent": {},
+        "facts": {},
+    }
 
 
 def _json_value(value: Any) -> Any:
@@ -142,8 +153,35 @@ def _consent_of(event_type: str, payload: dict[str, Any]) -> tuple[str, dict[str
     return None
 
 
+def fold_traits(
+    traits: dict[str, Any],
+    event: dict[str, Any],
+    at: int,
+    plan: ProfilePlan,
+    only: frozenset[str] = frozenset(),
+) -> None:
+    """Offer the trait values ``event`` carries to ``traits``; ``only`` (when given) limits the trait names
+    (the vectorised rebuild needs a few traits only, chosen by exactly these rules)."""
+    envelope = event["envelope"]
+    source, event_id = envelope["source"], envelope["event_id"]
+    for name, value in _trait_values(
+        event, (*plan.every_event, *plan.traits.get(envelope["event_type"], ()))
+    ):
+        if value is not None and value != "" and (not only or name in only):
+            _offer_trait(traits, name, {"value": value, "source": source, "at": at, "event": event_id}, plan)
+
+
+def merge_traits(into: dict[str, Any], other: dict[str, Any], plan: ProfilePlan) -> None:
+    """Fold the traits ``other`` chose into ``into``: per trait, the larger by the trait's order wins."""
+    for name, entry in other.items():
+        _offer_trait(into, name, entry, plan)
+
+
 def fold_event(part: Part, event: dict[str, Any], plan: ProfilePlan) -> None:
-    """Fold one source event into ``part``: seen times, counts, traits, consent."""
+    """Fold one source event into ``part``: seen times, counts, traits, consent, facts.
+
+    Parts stored before facts existed have no ``"facts"``; they start collecting from the next event.
+    """
     envelope = event["envelope"]
     event_type, source, event_id = envelope["event_type"], envelope["source"], envelope["event_id"]
     at = micros(envelope["occurred_at"])
@@ -151,10 +189,8 @@ def fold_event(part: Part, event: dict[str, Any], plan: ProfilePlan) -> None:
     part["last_seen"] = at if part["last_seen"] is None else max(part["last_seen"], at)
     part["types"][event_type] = part["types"].get(event_type, 0) + 1
     part["sources"][source] = part["sources"].get(source, 0) + 1
-    traits = part["traits"]
-    for name, value in _trait_values(event, (*plan.every_event, *plan.traits.get(event_type, ()))):
-        if value is not None and value != "":
-            _offer_trait(traits, name, {"value": value, "source": source, "at": at, "event": event_id}, plan)
+    fold_traits(part["traits"], event, at, plan)
+    fold_facts(part.setdefault("facts", {}), event, at)
     consent = _consent_of(event_type, event.get("payload") or {})
     if consent is not None:
         key, decision = consent
@@ -177,10 +213,11 @@ def merge_part(into: Part, other: Part, plan: ProfilePlan) -> None:
         mine = into[counts]
         for name, count in other[counts].items():
             mine[name] = mine.get(name, 0) + count
-    for name, entry in other["traits"].items():
-        _offer_trait(into["traits"], name, entry, plan)
+    merge_traits(into["traits"], other["traits"], plan)
     for key, entry in other["consent"].items():
         _offer_consent(into["consent"], key, entry)
+    if other.get("facts"):
+        merge_facts(into.setdefault("facts", {}), other["facts"])
 
 
 def add_identifiers(profile: Profile, identifiers: Iterable[tuple[str, str]]) -> None:

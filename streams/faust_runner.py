@@ -359,7 +359,7 @@ class _Stage:
         while True:
             events, marks, duplicates = self._decode(records, poisoned)
             try:
-                outgoing = process_events(self.processor, views, events, self.codec)
+                outgoing = process_events(self.processor, views, events, self.codec, records)
                 break
             except ProcessFailed as failure:
                 # As in the embedded runner: forget the batch, file the record, run the batch
@@ -387,7 +387,7 @@ class _Stage:
             return
         # Durability order: emitted events, then the journal, then the tables (see the docstring);
         # each step waits until the broker has it, so the next batch starts on durable ground.
-        await asyncio.gather(*[await self.output.send(topic, message) for topic, message in outgoing])
+        await asyncio.gather(*[await self.output.send(topic, message) for topic, message, _ in outgoing])
         await _write(self.journal, partition, str(partition), journal)
         await asyncio.gather(
             *(

@@ -84,9 +84,12 @@ def _event_id_bytes(event_id: str | None) -> bytes | str | None:
 
 
 def _event_id_text(raw: bytes | str | None) -> str | None:
+    """The id as appended: a 16-byte BLOB back to the canonical uuid text (what ``str(uuid.UUID)``
+    gives, formatted from the hex directly: this runs for every record read)."""
     if raw is None or isinstance(raw, str):
         return raw
-    return str(uuid.UUID(bytes=raw))
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class LocalLog:
@@ -175,23 +178,31 @@ class LocalLog:
         if not messages:
             return AppendResult(0, 0)
         with self._write() as db:
-            return self._append(db, topic, messages)
+            return self._append(db, topic, messages)[0]
 
-    def _append(self, db: sqlite3.Connection, topic: str, messages: Sequence[Message]) -> AppendResult:
-        """Assign offsets and insert inside the caller's write transaction, skipping known ids."""
+    def _append(
+        self, db: sqlite3.Connection, topic: str, messages: Sequence[Message]
+    ) -> tuple[AppendResult, list[tuple[int, int] | None]]:
+        """Assign offsets and insert inside the caller's write transaction, skipping known ids.
+
+        Also returns where each message went, ``(partition, offset)``, None for a duplicate.
+        """
         topic_id, partitions = self._create_topic(db, topic, None)
         ids = [_event_id_bytes(m.event_id) for m in messages]
         known = self._known_ids(db, topic_id, [i for i in ids if i is not None])
         heads = dict(db.execute("SELECT partition, next_offset FROM heads WHERE topic_id = ?", (topic_id,)))
         rows = []
+        placed: list[tuple[int, int] | None] = []
         for message, event_id in zip(messages, ids, strict=True):
             if event_id is not None:
                 if event_id in known:
+                    placed.append(None)
                     continue
                 known.add(event_id)
             partition = partition_for(message.key, partitions)
             offset = heads[partition]
             heads[partition] = offset + 1
+            placed.append((partition, offset))
             rows.append(
                 (topic_id, partition, offset, message.key, event_id, message.timestamp_ms, message.value)
             )
@@ -204,7 +215,7 @@ class LocalLog:
             "UPDATE heads SET next_offset = ? WHERE topic_id = ? AND partition = ?",
             [(offset, topic_id, partition) for partition, offset in heads.items()],
         )
-        return AppendResult(appended=len(rows), duplicates=len(messages) - len(rows))
+        return AppendResult(appended=len(rows), duplicates=len(messages) - len(rows)), placed
 
     @staticmethod
     def _known_ids(db: sqlite3.Connection, topic_id: int, ids: list[bytes | str]) -> set[bytes | str]:
@@ -272,7 +283,13 @@ class LocalTransaction:
         self._db = db
 
     def append(self, topic: str, messages: Sequence[Message]) -> AppendResult:
-        return self._log._append(self._db, topic, messages) if messages else AppendResult(0, 0)
+        return self.append_placed(topic, messages)[0]
+
+    def append_placed(
+        self, topic: str, messages: Sequence[Message]
+    ) -> tuple[AppendResult, list[tuple[int, int] | None]]:
+        """:meth:`append`, plus where each message went: ``(partition, offset)``, None for a duplicate."""
+        return self._log._append(self._db, topic, messages) if messages else (AppendResult(0, 0), [])
 
     def commit_offsets(self, consumer: str, topic: str, positions: dict[int, int]) -> None:
         """Record that ``consumer`` has processed ``topic`` up to (excluding) these offsets."""

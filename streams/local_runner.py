@@ -16,6 +16,13 @@ number of times feeds a processor the same sequence as one uninterrupted run ove
 A record that does not decode, or that makes ``process`` raise, is filed as a dead letter (raw
 bytes, position, reason) and skipped; it never stops the runner. Letters have deterministic ids,
 so one filed just before a crash is not filed twice.
+
+Cost: Avro is most of a batch's work, so a record is never encoded or decoded twice for nothing.
+An input event a processor passes on unchanged keeps its bytes (see ``Processor``); an event
+emitted to two topics is encoded once; and a passed-on event that a later processor of this run
+reads back is handed over as the decoded dict the runner already has, instead of being decoded
+again (:class:`_Decoded`). Downstream processors drain their input before the first processor
+takes its next batch, so those dicts are held only briefly.
 """
 
 from __future__ import annotations
@@ -27,19 +34,21 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from patron.connectors.deadletter import DeadLetter, DeadLetterStore
 from patron.errors import PatronError, Unavailable
 from patron.events.codec import EventCodec
 from patron.streams.local_log import LocalLog
 from patron.streams.log import AppendResult, Message, Record
-from patron.streams.processor import Emit, Processor
+from patron.streams.processor import Emit, Prefetching, Processor
 from patron.streams.state import DEFAULT_CACHE_SIZE, SqliteStore, store_name
 
 DEFAULT_BATCH_SIZE = 500
 IDLE_SLEEP_S = 0.2
+DECODED_CACHE_SIZE = 50_000
+"""Decoded passed-on events kept for the processor that reads them next (oldest dropped first)."""
 RECORD_KEY = "_key"
 """Where runners put the record key (as text) in the event dict handed to ``process``."""
 
@@ -122,6 +131,46 @@ class _Cursor:
         return total
 
 
+class Outgoing(NamedTuple):
+    """An emitted event, encoded: its topic, its message, and (when it is an input event passed
+    on unchanged) that event's decoded dict, which a reader of ``topic`` may reuse."""
+
+    topic: str
+    message: Message
+    passed_on: dict[str, Any] | None
+
+
+class _Decoded:
+    """Decoded passed-on events by log position, until a processor of this run reads them.
+
+    Only what a committed append placed is added (so a position always holds those bytes), and
+    each entry is handed out once: a batch that is rolled back and processed again decodes its
+    records afresh, as ``process`` may have changed the dicts it was given.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._events: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+    def add(self, appended: list[tuple[str, list[tuple[int, int] | None], list[Outgoing]]]) -> None:
+        """Remember the passed-on events of a committed batch: ``(topic, placed, outgoing)`` per
+        append. An event passed on to two places is remembered at the first only (no sharing)."""
+        added: set[int] = set()
+        for topic, placed, outgoing in appended:
+            for where, out in zip(placed, outgoing, strict=True):
+                if where is not None and out.passed_on is not None and id(out.passed_on) not in added:
+                    added.add(id(out.passed_on))
+                    self._events[(topic, where[0], where[1])] = out.passed_on
+        for _ in range(len(self._events) - self.size):
+            del self._events[next(iter(self._events))]
+
+    def take(self, record: Record) -> dict[str, Any] | None:
+        return self._events.pop((record.topic, record.partition, record.offset), None)
+
+    def clear(self) -> None:
+        self._events.clear()
+
+
 class ProcessFailed(Exception):
     """``process`` (or encoding what it emitted) raised on the batch's record at ``index``."""
 
@@ -145,6 +194,7 @@ class LocalRunner:
         processors: list[Processor],
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        decoded_cache_size: int = DECODED_CACHE_SIZE,
     ):
         names = [processor.name for processor in processors]
         duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -160,6 +210,7 @@ class LocalRunner:
         self.stats = {p.name: ProcessorStats() for p in processors}
         self._cursors = {p.name: _Cursor(log, p.name, tuple(p.inputs)) for p in processors}
         self._letters = DeadLetterStore(log)
+        self._decoded = _Decoded(decoded_cache_size)
 
     # -- public ------------------------------------------------------------------------------
     def run(
@@ -173,7 +224,8 @@ class LocalRunner:
     ) -> dict[str, ProcessorStats]:
         """Process until every processor is caught up (or, with ``follow``, until ``stop`` is set).
 
-        Events a processor emits feed the processors that read their topic in the same run.
+        Events a processor emits feed the processors that read their topic in the same run: each
+        round the first processor takes one batch and every later one drains what waits for it.
         ``stop`` is checked between batches, so stopping never abandons a commit half-way.
         """
         if batch_size < 1:
@@ -184,13 +236,13 @@ class LocalRunner:
                 self.stats[processor.name].remaining = self._cursors[processor.name].remaining()
             while not stop.is_set():
                 progressed = False
-                for processor in self.processors:
-                    if stop.is_set():
-                        break
-                    if self._step(processor, batch_size):
+                for position, processor in enumerate(self.processors):
+                    while not stop.is_set() and self._step(processor, batch_size):
                         progressed = True
                         if on_batch is not None:
                             on_batch(processor.name, self.stats[processor.name])
+                        if position == 0:
+                            break
                 if not progressed:
                     if not follow:
                         break
@@ -214,6 +266,7 @@ class LocalRunner:
                     if partitions:
                         tx.commit_offsets(processor.name, topic, dict.fromkeys(partitions, 0))
                 self._cursors[processor.name].rewind()
+            self._decoded.clear()
 
     # -- one batch ---------------------------------------------------------------------------
     def _step(self, processor: Processor, batch_size: int) -> int:
@@ -252,12 +305,16 @@ class LocalRunner:
         stores = self.stores[processor.name]
         views: dict[str, MutableMapping[str, Any]] = dict(stores)
         appended = duplicates = 0
+        placed: list[tuple[str, list[tuple[int, int] | None], list[Outgoing]]] = []
         try:
             with self.log.transaction() as tx:
-                outgoing = process_events(processor, views, events, self.codec)
+                if isinstance(processor, Prefetching):
+                    _prefetch(processor, stores, events)
+                outgoing = process_events(processor, views, events, self.codec, records)
                 changes = {name: store.flush(tx) for name, store in stores.items()}
-                for topic, messages in _by_topic(outgoing).items():
-                    result = tx.append(topic, messages)
+                for topic, group in _by_topic(outgoing).items():
+                    result, where = tx.append_placed(topic, [out.message for out in group])
+                    placed.append((topic, where, group))
                     appended += result.appended
                     duplicates += result.duplicates
                 for topic, positions in _positions(records).items():
@@ -268,9 +325,14 @@ class LocalRunner:
             raise
         for name, store in stores.items():
             store.committed(changes[name])
+        self._decoded.add(placed)
         return AppendResult(appended, duplicates)
 
     def _decode(self, processor: Processor, record: Record) -> dict[str, Any] | None:
+        event = self._decoded.take(record)
+        if event is not None:
+            _set_key(event, record)
+            return event
         event, reason = decode_event(self.codec, processor, record)
         if reason is not None:
             self._file(processor, record, reason)
@@ -318,9 +380,13 @@ def decode_event(
             f"{_where(record)}: not a decodable event ({type(exc).__name__}: {exc}); "
             f"processor {processor.name!r} skipped it"
         )
+    _set_key(event, record)
+    return event, None
+
+
+def _set_key(event: dict[str, Any], record: Record) -> None:
     if record.key is not None:
         event[RECORD_KEY] = record.key.decode("utf-8", "replace")
-    return event, None
 
 
 def process_events(
@@ -328,18 +394,21 @@ def process_events(
     stores: dict[str, MutableMapping[str, Any]],
     events: list[dict[str, Any] | None],
     codec: EventCodec,
-) -> list[tuple[str, Message]]:
-    """Call ``process`` on each event (None: skipped) and encode what it emits, in order.
+    records: list[Record],
+) -> list[Outgoing]:
+    """Call ``process`` on each event (None: skipped; ``records[i]`` is where ``events[i]`` was read)
+    and encode what it emits, in order.
 
     Raises :class:`ProcessFailed` naming the event whose processing (or emitted event) failed.
     """
-    outgoing: list[tuple[str, Message]] = []
+    outgoing: list[Outgoing] = []
     for index, event in enumerate(events):
         if event is None:
             continue
         try:
+            encoded: dict[int, bytes] = {}
             for emit in processor.process(stores, event):
-                outgoing.append((emit.topic, emit_message(codec, emit)))
+                outgoing.append(emit_message(codec, emit, event, records[index], encoded))
         except Unavailable:
             raise
         except Exception as exc:  # a processor bug on one record must not stop the pipeline
@@ -347,10 +416,24 @@ def process_events(
     return outgoing
 
 
-def emit_message(codec: EventCodec, emit: Emit) -> Message:
-    """The log message of an emitted event: the codec's, keyed by ``emit.key`` when one is given."""
-    message = codec.message(emit.event)
-    return message if emit.key is None else replace(message, key=emit.key.encode())
+def emit_message(
+    codec: EventCodec, emit: Emit, cause: dict[str, Any], record: Record, encoded: dict[int, bytes]
+) -> Outgoing:
+    """The log message of an event emitted while processing ``cause`` (read from ``record``): keyed
+    by ``emit.key`` when one is given, else by the codec's routing.
+
+    Encodes only what is new: when the emitted event *is* the cause's envelope and payload (the
+    cause passed on, see ``Processor``), the message carries the record's own bytes; ``encoded``
+    holds, per emitted dict of this ``process`` call, bytes already made for another topic.
+    """
+    event = emit.event
+    key = None if emit.key is None else emit.key.encode()
+    if event.get("envelope") is cause["envelope"] and event.get("payload") is cause["payload"]:
+        return Outgoing(emit.topic, codec.message(event, key=key, value=record.value), event)
+    value = encoded.get(id(event))
+    if value is None:
+        value = encoded[id(event)] = codec.encode(event)
+    return Outgoing(emit.topic, codec.message(event, key=key, value=value), None)
 
 
 def dead_letter(processor: Processor, record: Record, reason: str) -> DeadLetter:
@@ -373,10 +456,29 @@ def failure_reason(processor: Processor, record: Record, cause: BaseException) -
     )
 
 
-def _by_topic(outgoing: list[tuple[str, Message]]) -> dict[str, list[Message]]:
-    grouped: dict[str, list[Message]] = {}
-    for topic, message in outgoing:
-        grouped.setdefault(topic, []).append(message)
+def _prefetch(
+    processor: Prefetching, stores: dict[str, SqliteStore], events: list[dict[str, Any] | None]
+) -> None:
+    """Load the state keys the batch's events will read, one query per store (see ``Prefetching``)."""
+    wanted: dict[str, list[str]] = {}
+    for event in events:
+        if event is None:
+            continue
+        try:
+            pairs = processor.prefetch_keys(event)
+        except Exception:  # a hint only: ``process`` meets the same event and files it
+            continue
+        for store, key in pairs:
+            wanted.setdefault(store, []).append(key)
+    for store, keys in wanted.items():
+        if store in stores:
+            stores[store].prefetch(keys)
+
+
+def _by_topic(outgoing: list[Outgoing]) -> dict[str, list[Outgoing]]:
+    grouped: dict[str, list[Outgoing]] = {}
+    for out in outgoing:
+        grouped.setdefault(out.topic, []).append(out)
     return grouped
 
 

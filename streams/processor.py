@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,11 @@ class Processor(Protocol):
     Each store reaches ``process`` as a ``MutableMapping[str, JSON-able value]``, so
     processors stay plain Python; runners back it with a write-back cache over SQLite
     (embedded) or a faust table (Kafka) and persist only the keys that changed.
+
+    The input event is read-only: ``process`` must not change it (nor keep parts of it that it
+    changes later). To pass it on, emit ``{"envelope": event["envelope"], "payload":
+    event["payload"]}``: the runners recognise its own envelope and payload objects and append
+    the input record's bytes as they are, instead of encoding the event again.
     """
 
     name: str
@@ -42,4 +47,17 @@ class Processor(Protocol):
 
     def process(self, stores: dict[str, MutableMapping[str, Any]], event: dict[str, Any]) -> list[Emit]:
         """Fold ``event`` into the state in ``stores`` (mutating it) and return what to emit."""
+        ...
+
+
+@runtime_checkable
+class Prefetching(Protocol):
+    """Optional for a processor: name the state keys ``process`` will read for ``event``.
+
+    The embedded runner then loads a whole batch's keys in one query per store instead of one
+    per key. A hint only: keys it misses are still loaded when read, extra keys cost little.
+    """
+
+    def prefetch_keys(self, event: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(store, key)`` pairs ``process(stores, event)`` is likely to read."""
         ...

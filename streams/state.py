@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -40,6 +40,8 @@ class _Absent:
 
 
 ABSENT = _Absent()
+UNLOADED = _Absent()
+"""In place of the persisted bytes of a key written without being read (looked up in ``changes``)."""
 
 
 class CachedStore(MutableMapping[str, Any]):
@@ -66,16 +68,21 @@ class CachedStore(MutableMapping[str, Any]):
     def _persisted_keys(self) -> Iterator[str]:
         """Every persisted key (only iteration needs it)."""
 
+    def _load_many(self, keys: list[str]) -> dict[str, bytes]:
+        """The persisted JSON bytes of those ``keys`` that exist (a backend may do it in one query)."""
+        found = {key: self._load(key) for key in keys}
+        return {key: raw for key, raw in found.items() if raw is not None}
+
     # -- mapping ------------------------------------------------------------------------------
     def _entry(self, key: str) -> list[Any]:
-        if not isinstance(key, str):
-            raise TypeError(f"store {self.name!r}: keys must be str, got {type(key).__name__} {key!r}")
+        # The hot path of every processor: a cached key costs two lookups. Recency is updated
+        # once per batch (in ``committed``) rather than per access; only a str key is ever cached.
         entry = self._cache.get(key)
         if entry is None:
+            if not isinstance(key, str):
+                raise TypeError(f"store {self.name!r}: keys must be str, got {type(key).__name__} {key!r}")
             raw = self._load(key)
             entry = self._cache[key] = [ABSENT if raw is None else orjson.loads(raw), raw]
-        else:
-            self._cache.move_to_end(key)
         self._touched.add(key)
         return entry
 
@@ -93,7 +100,16 @@ class CachedStore(MutableMapping[str, Any]):
         return isinstance(key, str) and self._entry(key)[0] is not ABSENT
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._entry(key)[0] = value
+        entry = self._cache.get(key)
+        if entry is None:
+            # A blind write (a new key, mostly): what it replaces is looked up with the batch's
+            # other blind writes in one query, when ``changes`` compares.
+            if not isinstance(key, str):
+                raise TypeError(f"store {self.name!r}: keys must be str, got {type(key).__name__} {key!r}")
+            self._cache[key] = [value, UNLOADED]
+        else:
+            entry[0] = value
+        self._touched.add(key)
 
     def __delitem__(self, key: str) -> None:
         entry = self._entry(key)
@@ -113,6 +129,20 @@ class CachedStore(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Load the keys that are not cached yet all at once, before a batch reads them one by one.
+
+        Only an optimisation (a key read later is loaded anyway), but one query for a batch's
+        keys costs a fraction of one query per key, and most keys of a growing graph are new:
+        without it each new key costs a lookup that finds nothing.
+        """
+        missing = [key for key in set(keys) if key not in self._cache and isinstance(key, str)]
+        if missing:
+            found = self._load_many(missing)
+            for key in missing:
+                raw = found.get(key)
+                self._cache[key] = [ABSENT if raw is None else orjson.loads(raw), raw]
+
     def clear_cache(self) -> None:
         """Forget everything cached (after the persisted store was changed behind the cache)."""
         self._cache.clear()
@@ -121,6 +151,11 @@ class CachedStore(MutableMapping[str, Any]):
     # -- batch lifecycle ----------------------------------------------------------------------
     def changes(self) -> Changes:
         """The keys this batch really changed, serialised; nothing is marked persisted yet."""
+        blind = [key for key in self._touched if self._cache[key][1] is UNLOADED]
+        if blind:
+            found = self._load_many(blind)
+            for key in blind:
+                self._cache[key][1] = found.get(key)
         out: Changes = {}
         for key in self._touched:
             value, persisted = self._cache[key]
@@ -133,6 +168,8 @@ class CachedStore(MutableMapping[str, Any]):
         """``changes`` (from :meth:`changes`) are now persisted: the batch ends, the cache is trimmed."""
         for key, raw in changes.items():
             self._cache[key][1] = raw
+        for key in self._touched:  # the batch's keys become the most recently used
+            self._cache.move_to_end(key)
         self._touched.clear()
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -170,6 +207,17 @@ class SqliteStore(CachedStore):
             "SELECT value FROM state WHERE store = ? AND key = ?", (self.name, key.encode())
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def _load_many(self, keys: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), 500):
+            chunk = [key.encode() for key in keys[start : start + 500]]
+            rows = self._log.db.execute(
+                f"SELECT key, value FROM state WHERE store = ? AND key IN ({','.join('?' * len(chunk))})",
+                (self.name, *chunk),
+            )
+            found.update((bytes(key).decode(), bytes(value)) for key, value in rows)
+        return found
 
     def _persisted_keys(self) -> Iterator[str]:
         rows = self._log.db.execute("SELECT key FROM state WHERE store = ? ORDER BY key", (self.name,))

@@ -227,6 +227,22 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "created_at": T0,
         "lost_reason": None,
     },
+    "lifecycle_stage_changed": {
+        "profile_id": PROFILE_A,
+        "from_stage": "repeat",
+        "to_stage": "at_risk",
+        "since": T0,
+        "as_of": T1,
+    },
+    "health_alert_raised": {
+        "profile_id": PROFILE_A,
+        "account": "Acme GmbH",
+        "rule": "high_value_at_risk",
+        "score": 12.9,
+        "status": "red",
+        "factors": '{"usage": {"score": 0.0, "reason": "logins + feature uses -80%"}}',
+        "as_of": T1,
+    },
 }
 
 EXPECTED_TYPES = set(SAMPLES)

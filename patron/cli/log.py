@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress, TimeRemainingColumn
 from rich.table import Table
 
-from patron.cli.output import console, err_console, settings_of
+from patron.cli.output import console, err_console, settings_of, transient_progress
 from patron.config import ConfigError, Settings
 from patron.errors import EXIT_INVALID, PatronError, Unavailable
 from patron.events.codec import EventCodec, WireFormatError
@@ -121,15 +121,7 @@ def _records(log: EventLog, topic: str, partition: int, start: int, stop: int) -
 
 @contextmanager
 def _progress(description: str, total: int) -> Iterator[Progress]:
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,  # a redirected stderr gets the summary, not bar redraws
-    )
+    progress = transient_progress("{task.description}", TimeRemainingColumn())
     with progress:
         progress.add_task(description, total=total)
         yield progress

@@ -6,7 +6,22 @@ from pathlib import Path
 
 import typer
 
-from patron.cli import dlq, generate, identity, ingest, keys, log, profile, run, schemas, serve, worker
+from patron.cli import (
+    dlq,
+    generate,
+    identity,
+    ingest,
+    keys,
+    log,
+    profile,
+    report,
+    run,
+    schemas,
+    serve,
+    snapshot,
+    sql,
+    worker,
+)
 from patron.cli.output import err_console
 from patron.config import ConfigError, Settings
 from patron.errors import EXIT_INVALID, PatronError
@@ -54,6 +69,9 @@ app.add_typer(identity.app, name="identity")
 app.command("run")(run.run)
 app.command("worker")(worker.worker)
 app.command("profile")(profile.profile)
+app.command("snapshot")(snapshot.snapshot)
+app.command("sql")(sql.sql)
+app.command("report")(report.report)
 
 
 def run() -> None:

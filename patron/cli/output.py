@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from patron.config import Settings
 from patron.errors import EXIT_INVALID, PatronError
@@ -30,3 +38,18 @@ def settings_on(ctx: typer.Context, scheme: str, refusal: str) -> Settings:
     if settings.broker.scheme != scheme:
         raise PatronError(refusal.format(broker=settings.broker), EXIT_INVALID)
     return settings
+
+
+def transient_progress(label: str = "{task.description}", *columns: ProgressColumn) -> Progress:
+    """A bar on stderr that disappears when done, drawn only on a terminal: a redirected stderr gets
+    the command's summary, not thousands of bar redraws. ``columns`` go after the count (default:
+    elapsed time)."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *(columns or (TimeElapsedColumn(),)),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )

@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from patron.cli.output import console, err_console, settings_on
+from patron.cli.output import console, err_console, settings_on, transient_progress
 from patron.errors import PatronError
 from patron.events.codec import EventCodec
+from patron.projections.fact_tables import stored_profiles
 from patron.projections.profile_export import count_profiles, export_profiles
 from patron.projections.profile_reader import ProfileReader
 from patron.projections.profile_rules import load_profile_rules
@@ -58,15 +58,7 @@ def embedded(ctx: typer.Context, command: str) -> Iterator[tuple[LocalLog, Profi
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A transient progress bar on stderr (only on a terminal); yields ``advance(n)``."""
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
+    progress = transient_progress()
     with progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
@@ -99,7 +91,7 @@ def profile(
         rules = load_profile_rules()
         if export is not None:
             with progress_bar("exporting profiles", count_profiles(log)) as advance:
-                profiles, identities = export_profiles(log, export, rules.plan, advance)
+                profiles, identities = export_profiles(stored_profiles(log), export, rules.plan, advance)
             err_console.print(
                 f"exported {profiles} profiles and {identities} identifiers to {escape(str(export))}",
                 highlight=False,
