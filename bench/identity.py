@@ -297,22 +297,8 @@ def measure_networkx(data_dir: Path) -> dict[str, Any]:
     return {"wall": timer.wall, "cpu": timer.cpu, "profiles": found, "peak_rss_mb": _peak_rss_mb()}
 
 
-def _lag(log: Any, group: Any, topics: tuple[str, ...]) -> int:
-    from confluent_kafka import TopicPartition
-
-    total = 0
-    for topic in topics:
-        ends = log.end_offsets(topic)
-        if not ends:
-            return -1
-        committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
-        total += sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends.values(), strict=True))
-    return total
-
-
 def measure_kafka(persons: int, work: Path, cpu: int) -> dict[str, Any] | None:
     """``patron worker`` on tansu; None when the broker cannot start here."""
-    from confluent_kafka import Consumer
 
     from patron.streams.kafka_log import KafkaLog
     from patron.streams.log import EVENTS_TOPIC
@@ -341,10 +327,9 @@ def measure_kafka(persons: int, work: Path, cpu: int) -> dict[str, Any] | None:
                 break
         assigned = time.perf_counter()
         log = KafkaLog(bootstrap)
-        group = Consumer({"bootstrap.servers": bootstrap, "group.id": app_id, "enable.auto.commit": False})
         topics = (EVENTS_TOPIC, IDENTITY_INPUT_TOPIC, PROFILE_EVENTS_TOPIC)
         try:
-            while _lag(log, group, topics) != 0:
+            while log.group_lag(app_id, topics) != 0:
                 if worker.poll() is not None or time.perf_counter() - assigned > CAUGHT_UP_TIMEOUT_S:
                     raise RuntimeError("the worker stopped or did not catch up; run it by hand to see why")
                 time.sleep(0.25)
@@ -356,7 +341,6 @@ def measure_kafka(persons: int, work: Path, cpu: int) -> dict[str, Any] | None:
             usage = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
             cpu_s = (int(usage[11]) + int(usage[12])) / os.sysconf("SC_CLK_TCK")
         finally:
-            group.close()
             log.close()
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)

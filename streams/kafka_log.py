@@ -250,6 +250,26 @@ class KafkaLog:
         with self._consumer_lock:
             return self._probe_ends(topic, range(count))
 
+    def group_lag(self, group_id: str, topics: Sequence[str]) -> int | None:
+        """Records of ``topics`` that consumer group ``group_id`` has not committed yet, or None while
+        one of the topics does not exist. Reads the group's committed offsets without joining it."""
+        group = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": group_id, "enable.auto.commit": False}
+        )
+        try:
+            total = 0
+            for topic in topics:
+                ends = self.end_offsets(topic)
+                if not ends:
+                    return None
+                committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=self.timeout)
+                total += sum(
+                    end - max(tp.offset, 0) for tp, end in zip(committed, ends.values(), strict=True)
+                )
+            return total
+        finally:
+            group.close()
+
     def _probe_ends(self, topic: str, partitions: range | list[int]) -> dict[int, int]:
         """Each partition's high watermark, from the end-of-partition event of a fetch at its end."""
         self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])

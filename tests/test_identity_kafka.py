@@ -36,7 +36,6 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from conftest import _start_tansu
 from test_ingest import PATRON, patron, write
 from test_profile_cli import (
@@ -120,32 +119,16 @@ def kafka_profiles(log: KafkaLog, app_id: str) -> dict[str, dict[str, Any]]:
     return {key: summary(key, value, PLAN) for key, value in table.items() if "merged_into" not in value}
 
 
-def lag(log: KafkaLog, group: Consumer) -> int:
-    """Records of the worker's input topics its consumer group has not committed yet (or -1: no topic)."""
-    total = 0
-    for topic in WORKER_TOPICS:
-        ends = log.end_offsets(topic)
-        if not ends:
-            return -1
-        committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=5)
-        total += sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends.values(), strict=True))
-    return total
-
-
-def wait_until_caught_up(log: KafkaLog, bootstrap: str, app_id: str, worker: subprocess.Popen[bytes]) -> None:
+def wait_until_caught_up(log: KafkaLog, app_id: str, worker: subprocess.Popen[bytes]) -> None:
     """Until the group has committed the end of every input topic twice in a row (a stage that has
     just emitted would otherwise look done before its downstream stage has seen the records)."""
-    group = Consumer({"bootstrap.servers": bootstrap, "group.id": app_id, "enable.auto.commit": False})
     deadline = time.monotonic() + CAUGHT_UP_TIMEOUT_S
     settled = 0
-    try:
-        while settled < 2:
-            assert worker.poll() is None, "the worker exited early"
-            assert time.monotonic() < deadline, f"the worker did not catch up in {CAUGHT_UP_TIMEOUT_S:g}s"
-            settled = settled + 1 if lag(log, group) == 0 else 0
-            time.sleep(0.5)
-    finally:
-        group.close()
+    while settled < 2:
+        assert worker.poll() is None, "the worker exited early"
+        assert time.monotonic() < deadline, f"the worker did not catch up in {CAUGHT_UP_TIMEOUT_S:g}s"
+        settled = settled + 1 if log.group_lag(app_id, WORKER_TOPICS) == 0 else 0
+        time.sleep(0.5)
 
 
 def without_ids(profiles: dict[str, dict[str, Any]]) -> list[str]:
@@ -186,7 +169,7 @@ def test_the_worker_on_kafka_builds_the_profiles_patron_run_builds(
     )  # fmt: skip
     log = KafkaLog(fresh_broker)
     try:
-        wait_until_caught_up(log, fresh_broker, app_id, worker)
+        wait_until_caught_up(log, app_id, worker)
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=30)
         assert worker.returncode == 0, stderr.decode(errors="replace")[-3000:]
