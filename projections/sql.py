@@ -138,6 +138,10 @@ class SqlSession:
         for statement in duckdb.extract_statements(kpi_sql()):
             name = re.search(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(\w+)", statement.query, re.I)
             assert name is not None, f"kpis.sql holds a statement that is not CREATE VIEW: {statement.query}"
+            if name.group(1) in self.tables:  # materialised by `patron snapshot`: the table is the view
+                self.tables.remove(name.group(1))
+                self.kpi_views.append(name.group(1))
+                continue
             try:
                 self.con.execute(statement.query)
             except duckdb.CatalogException as exc:

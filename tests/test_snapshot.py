@@ -9,6 +9,7 @@ DuckDB are real.
 from __future__ import annotations
 
 import fcntl
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +35,7 @@ from patron.events.codec import EventCodec
 from patron.projections import snapshot as snapshots
 from patron.projections.changes import ALERT_RAISED, PROFILE_CHANGES_TOPIC, STAGE_CHANGED
 from patron.projections.fact_tables import SCHEMAS, FactTables
+from patron.projections.sql import SqlSession, kpi_sql
 from patron.schemas.registry import FileRegistry
 from patron.streams.backends import open_log
 from patron.streams.local_log import LocalLog
@@ -41,6 +44,7 @@ from patron.streams.state import read_store
 
 DERIVED = {"rfm", "clv", "clv_model", "health", "health_accounts", "lifecycle"}
 EXPORTED = {"profiles", "identities"}
+KPIS = {m.group(1) for m in re.finditer(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(\w+)", kpi_sql(), re.I)}
 START, DAYS = date(2026, 1, 1), 90
 
 
@@ -109,7 +113,7 @@ def test_snapshot_publishes_every_table_as_zstd_parquet_and_switches_the_manifes
     directory = current(data_dir)
     assert manifest(data_dir)["snapshots"] == [directory.name]
     names = {p.stem for p in directory.glob("*.parquet")}
-    assert names == set(SCHEMAS) | DERIVED | EXPORTED
+    assert names == set(SCHEMAS) | DERIVED | EXPORTED | KPIS
     described = meta(directory)
     assert described["source"] == "incremental" and described["snapshot_id"] == directory.name
     assert described["log_positions"]["events_end"] and described["log_positions"]["profiles_committed"]
@@ -135,6 +139,27 @@ def test_snapshot_publishes_every_table_as_zstd_parquet_and_switches_the_manifes
     assert pq.read_table(directory / "health.parquet").num_rows == customers.num_rows
     assert pq.read_table(directory / "lifecycle.parquet").num_rows == customers.num_rows
     assert 0 < pq.read_table(directory / "rfm.parquet").num_rows <= customers.num_rows
+
+
+def test_materialised_kpis_equal_the_views_over_the_snapshots_tables(data_dir: Path) -> None:
+    directory = take(data_dir)
+    views = duckdb.connect()
+    for path in directory.glob("*.parquet"):
+        if path.stem not in KPIS:
+            views.execute(f"CREATE VIEW {path.stem} AS SELECT * FROM read_parquet('{path}')")
+    views.execute("SET TimeZone = 'UTC'")
+    for statement in duckdb.extract_statements(kpi_sql()):
+        views.execute(statement.query)
+    session = SqlSession(directory)
+    try:
+        assert set(session.kpi_views) == KPIS and not KPIS & set(session.tables) and not session.unavailable
+        for name in sorted(KPIS):
+            stored = session.query(f"SELECT * FROM {name} ORDER BY ALL")
+            assert stored.num_rows == pq.read_metadata(directory / f"{name}.parquet").num_rows
+            assert stored.equals(views.sql(f"SELECT * FROM {name} ORDER BY ALL").to_arrow_table()), name
+    finally:
+        session.close()
+    assert pq.read_table(directory / "kpi_retention_monthly.parquet").num_rows > 0
 
 
 def test_a_rebuilt_snapshot_holds_the_same_fact_tables_as_the_incremental_one(data_dir: Path) -> None:
