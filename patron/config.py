@@ -55,6 +55,8 @@ class Settings:
     registry_url: str | None
     partitions: int
     compatibility: str
+    segments_dir: Path
+    """Segment and trigger definition files (``PATRON_SEGMENTS``, default ``<data dir>/segments``)."""
 
     @classmethod
     def load(
@@ -82,6 +84,7 @@ class Settings:
             registry_url=registry or env.get("PATRON_REGISTRY") or None,
             partitions=n_partitions,
             compatibility=(compatibility or env.get("PATRON_COMPATIBILITY") or "BACKWARD").upper(),
+            segments_dir=Path(env.get("PATRON_SEGMENTS") or resolved_dir / "segments"),
         )
 
     def path(self, *parts: str) -> Path:

@@ -11,6 +11,8 @@ events themselves, so the facts keep exactly that::
      "emails":        {day: [sent, opened, clicked, unsubscribed]},
      "surveys":       {"YYYY-MM-DD/NPS": [responses, score_sum, promoters, detractors]},
      "nps":           [at, event_id, score],                       # the latest NPS answer
+     "last_order":    [at, event_id],                              # the latest order
+     "cart":          [at, event_id, value, cart_id],              # the latest cart update
      "tickets":       {ticket_id: {"opened": [at, event_id, priority],        # earliest ticket_opened
                                    "responded": [at, event_id, seconds],      # earliest first response
                                    "resolved": [at, event_id, seconds]}},     # latest ticket_resolved
@@ -86,6 +88,11 @@ def _opt(pick: Callable[..., Any], a: int | None, b: int | None) -> int | None:
 
 def _order(facts: Facts, day: str, payload: dict[str, Any], at: int, event_id: str) -> None:
     _bump(facts, "orders", day, (1, money(payload["revenue"])))
+    _keep(facts, "last_order", [at, event_id], max)
+
+
+def _cart(facts: Facts, day: str, payload: dict[str, Any], at: int, event_id: str) -> None:
+    _keep(facts, "cart", [at, event_id, float(payload["value"]), str(payload["cart_id"])], max)
 
 
 def _refund(facts: Facts, day: str, payload: dict[str, Any], at: int, event_id: str) -> None:
@@ -162,6 +169,7 @@ def _email(facts: Facts, day: str, payload: dict[str, Any], at: int, event_id: s
 Folder = Callable[..., None]
 FOLDERS: dict[str, Folder] = {
     "order_completed": _order,
+    "cart_updated": _cart,
     "refund_issued": _refund,
     "payment_failed": _payment_failed,
     "survey_answered": _survey,
@@ -215,8 +223,9 @@ def merge_facts(into: Facts, other: Facts) -> None:
     for table in DAILY_COUNTERS:
         for key, values in (other.get(table) or {}).items():
             _bump(into, table, key, values)
-    if other.get("nps") is not None:
-        _keep(into, "nps", other["nps"], max)
+    for latest in ("nps", "last_order", "cart"):
+        if other.get(latest) is not None:
+            _keep(into, latest, other[latest], max)
     for ticket_id, ticket in (other.get("tickets") or {}).items():
         mine = into.setdefault("tickets", {}).setdefault(ticket_id, {})
         for name, record in ticket.items():

@@ -15,6 +15,12 @@ Records arrive keyed by profile id (the runner passes the key as ``event["_key"]
 
 Anything that reaches a tombstone is handed on to the profile it was merged into, so a record that
 races with a merge still ends up in the right profile.
+
+Two more kinds of record feed the segments (``projections/segments/``), and are not folded as
+customer events: ``profile_scored`` (a snapshot's scores, kept in the profile's ``"scores"``) and
+``segment_timer_fired`` (time passed). After each record the profile's segments and triggers are
+evaluated (when any are defined) and their transitions emitted; stores ``segments`` and ``wakes``
+hold the memberships and each profile's next time-window flip.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 import orjson
 
 from patron.identity.events import IDENTIFIER_LINKED, PROFILE_SPLIT, PROFILES_MERGED, identity_event_id
+from patron.identity.resolver import micros
 from patron.identity.rules import IdentityRules, default_rules
 from patron.projections.profile_rules import ProfileRules, load_profile_rules
 from patron.projections.profiles import (
@@ -38,10 +45,17 @@ from patron.projections.profiles import (
     remember,
     take,
 )
+from patron.projections.segments.definitions import Definitions
+from patron.projections.segments.engine import SegmentEngine
+from patron.projections.segments.timers import SEGMENT_TIMER_FIRED, due_timers, stale_profiles
+from patron.projections.segments.topics import SEGMENTS_SOURCE
 from patron.streams.processor import Emit
+from patron.streams.state import scan_items
 from patron.streams.topology import IDENTITY_SOURCE, PROFILE_EVENTS_TOPIC, PROFILES_SOURCE, derived_event
 
 PROFILE_ABSORBED = "profile_absorbed"
+PROFILE_SCORED = "profile_scored"
+PROJECTIONS_SOURCE = "patron.projections"
 UNANCHORED = "-"
 """The part of events without a usable identifier (the identity stage does not forward such events;
 kept so a hand-built record is still counted rather than refused)."""
@@ -77,21 +91,66 @@ class _Handovers:
         self.emits.append(Emit(PROFILE_EVENTS_TOPIC, event, key=receiver))
 
 
+def _for_segments(envelope: dict[str, Any]) -> bool:
+    """Records that feed segment evaluation only: scores and timers."""
+    kind = (envelope["source"], envelope["event_type"])
+    return kind in ((PROJECTIONS_SOURCE, PROFILE_SCORED), (SEGMENTS_SOURCE, SEGMENT_TIMER_FIRED))
+
+
+def _fold_scores(profile: Profile, key: str, payload: dict[str, Any]) -> None:
+    """Keep the newest scores of this very profile (a split's new profile waits for the next snapshot)."""
+    if payload["profile_id"] != key:
+        return
+    as_of = micros(payload["as_of"])
+    current = profile.get("scores")
+    if current is None or current["as_of"] <= as_of:
+        scores = {name: value for name, value in payload.items() if name not in ("profile_id", "as_of")}
+        profile["scores"] = {**scores, "as_of": as_of}
+
+
 class ProfileProcessor:
     """Maintains one unified profile per profile id (processor ``profiles``, store ``profiles``)."""
 
     name = "profiles"
     inputs = (PROFILE_EVENTS_TOPIC,)
-    stores = ("profiles",)
+    stores = ("profiles", "segments", "wakes")
 
-    def __init__(self, rules: ProfileRules | None = None, identity_rules: IdentityRules | None = None):
+    def __init__(
+        self,
+        rules: ProfileRules | None = None,
+        identity_rules: IdentityRules | None = None,
+        definitions: Definitions | None = None,
+    ):
         self.plan = (rules or load_profile_rules()).plan
         self.identity_plan = (identity_rules or default_rules()).plan
+        self.segments = SegmentEngine(definitions) if definitions is not None else None
+        self._checked_definitions = False
 
     def prefetch_keys(self, event: dict[str, Any]) -> list[tuple[str, str]]:
-        """The profile a record is keyed by (see ``streams.processor.Prefetching``)."""
+        """The profile a record is keyed by, and its segment state (see ``streams.processor.Prefetching``)."""
         key = event.get("_key")
-        return [("profiles", key)] if key else []
+        if not key:
+            return []
+        if self.segments is None:
+            return [("profiles", key)]
+        return [("profiles", key), ("segments", key), ("wakes", key)]
+
+    def timers(self, stores: dict[str, MutableMapping[str, Any]], now: int) -> list[Emit]:
+        """Timer records due at ``now`` (wall clock, microseconds): profiles whose time window flipped
+        and, on the first call of a process, profiles not yet evaluated with the current definitions.
+        Runners call this periodically and append what it returns (see ``projections/segments/timers.py``)."""
+        if self.segments is None:
+            return []
+        emits = due_timers(scan_items(stores["wakes"]), now)
+        if not self._checked_definitions:
+            self._checked_definitions = True
+            fingerprint = self.segments.definitions.fingerprint
+            evaluated = {key: state.get("defs", "") for key, state in scan_items(stores["segments"])}
+            due = {emit.key for emit in emits}
+            emits += stale_profiles(
+                (k for k in stores["profiles"] if k not in due), evaluated, fingerprint, now
+            )
+        return emits
 
     def process(self, stores: dict[str, MutableMapping[str, Any]], event: dict[str, Any]) -> list[Emit]:
         key = event.get("_key")
@@ -103,7 +162,12 @@ class ProfileProcessor:
         store = stores["profiles"]
         handovers = _Handovers(event)
         profile = store.get(key)
+        envelope = event["envelope"]
+        if profile is None and _for_segments(envelope):
+            return []  # scores or a timer of a profile this stage does not hold (yet): nothing to evaluate
         if profile is not None and "merged_into" in profile:
+            if _for_segments(envelope):
+                return []  # scores and timers of a merged-away profile: the survivor has its own
             scratch = new_profile(key)
             self._apply(scratch, key, event, handovers)
             if scratch["ids"] or scratch["parts"] or scratch["moved"]:
@@ -114,7 +178,39 @@ class ProfileProcessor:
             return []
         survivor = self._apply(profile, key, event, handovers)
         store[key] = profile if survivor is None else {"merged_into": survivor}
+        if self.segments is not None:
+            return handovers.emits + self._evaluate(stores, key, profile, survivor, event)
         return handovers.emits
+
+    def _evaluate(
+        self,
+        stores: dict[str, MutableMapping[str, Any]],
+        key: str,
+        profile: Profile,
+        survivor: str | None,
+        event: dict[str, Any],
+    ) -> list[Emit]:
+        """Segment transitions and trigger firings the record caused (see ``segments/engine.py``)."""
+        assert self.segments is not None
+        envelope, payload = event["envelope"], event["payload"]
+        at = micros(envelope["received_at"])
+        if envelope["event_type"] == SEGMENT_TIMER_FIRED and envelope["source"] == SEGMENTS_SOURCE:
+            at = micros(payload["due_at"])
+        segments, wakes = stores["segments"], stores["wakes"]
+        if survivor is not None:
+            state = segments.get(key)
+            emits = self.segments.merged_away(state, key, survivor, at, envelope["event_id"])
+            if state is not None:
+                segments[key] = state
+            wakes.pop(key, None)
+            return emits
+        state, wake, emits = self.segments.evaluate(segments.get(key), key, profile, at, envelope["event_id"])
+        segments[key] = state
+        if wake is None:
+            wakes.pop(key, None)
+        elif wakes.get(key) != wake:
+            wakes[key] = wake
+        return emits
 
     def _apply(self, profile: Profile, key: str, event: dict[str, Any], handovers: _Handovers) -> str | None:
         """Fold one record into ``profile``; returns the survivor when the profile was merged away."""
@@ -130,6 +226,10 @@ class ProfileProcessor:
             moved = {f"{kind}:{value}" for kind, value in _pairs(payload["identifiers"])}
             receiver = payload["new_profile_id"]
             handovers.give(receiver, key, take(profile, moved, receiver))
+        elif source == PROJECTIONS_SOURCE and event_type == PROFILE_SCORED:
+            _fold_scores(profile, key, payload)
+        elif source == SEGMENTS_SOURCE and event_type == SEGMENT_TIMER_FIRED:
+            pass  # time passed: nothing to fold, the segments are evaluated at due_at
         elif source == PROFILES_SOURCE and event_type == PROFILE_ABSORBED:
             handed = orjson.loads(payload["state"])
             self._pass_on_moved(profile, key, handed, handovers)

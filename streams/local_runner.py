@@ -31,6 +31,7 @@ import fcntl
 import heapq
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -42,11 +43,13 @@ from patron.errors import PatronError, Unavailable
 from patron.events.codec import EventCodec
 from patron.streams.local_log import LocalLog
 from patron.streams.log import AppendResult, Message, Record
-from patron.streams.processor import Emit, Prefetching, Processor
+from patron.streams.processor import Emit, Prefetching, Processor, Timed
 from patron.streams.state import DEFAULT_CACHE_SIZE, SqliteStore, store_name
 
 DEFAULT_BATCH_SIZE = 500
 IDLE_SLEEP_S = 0.2
+TIMER_INTERVAL_S = 10.0
+"""How often ``run(follow=True)`` asks timed processors for records due (see ``Timed``)."""
 DECODED_CACHE_SIZE = 50_000
 """Decoded passed-on events kept for the processor that reads them next (oldest dropped first)."""
 RECORD_KEY = "_key"
@@ -221,20 +224,29 @@ class LocalRunner:
         stop: threading.Event | None = None,
         on_batch: Callable[[str, ProcessorStats], None] | None = None,
         idle_sleep: float = IDLE_SLEEP_S,
+        timer_interval: float = TIMER_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
     ) -> dict[str, ProcessorStats]:
         """Process until every processor is caught up (or, with ``follow``, until ``stop`` is set).
 
         Events a processor emits feed the processors that read their topic in the same run: each
         round the first processor takes one batch and every later one drains what waits for it.
         ``stop`` is checked between batches, so stopping never abandons a commit half-way.
+        Timed processors are asked for due records when the run starts and, following, every
+        ``timer_interval`` seconds of ``clock`` (the wall clock; tests pass their own).
         """
         if batch_size < 1:
             raise PatronError(f"batch size must be at least 1, got {batch_size}")
         stop = stop or threading.Event()
         with self._exclusive():
+            self.tick(clock())
+            ticked = time.monotonic()
             for processor in self.processors:
                 self.stats[processor.name].remaining = self._cursors[processor.name].remaining()
             while not stop.is_set():
+                if follow and time.monotonic() - ticked >= timer_interval:
+                    self.tick(clock())
+                    ticked = time.monotonic()
                 progressed = False
                 for position, processor in enumerate(self.processors):
                     while not stop.is_set() and self._step(processor, batch_size):
@@ -248,6 +260,23 @@ class LocalRunner:
                         break
                     stop.wait(idle_sleep)
         return self.stats
+
+    def tick(self, now: float) -> int:
+        """Append the records timed processors say are due at ``now`` (seconds since the epoch);
+        returns how many were new to the log."""
+        appended = 0
+        for processor in self.processors:
+            if not isinstance(processor, Timed):
+                continue
+            emits = processor.timers(dict(self.stores[processor.name]), int(now * 1_000_000))
+            by_topic: dict[str, list[Message]] = {}
+            for emit in emits:
+                key = None if emit.key is None else emit.key.encode()
+                by_topic.setdefault(emit.topic, []).append(self.codec.message(emit.event, key=key))
+            with self.log.transaction() as tx:
+                for topic, messages in by_topic.items():
+                    appended += tx.append_placed(topic, messages)[0].appended
+        return appended
 
     def reset(self) -> None:
         """Forget every processor's state and positions, so the next run rebuilds from offset 0.

@@ -61,3 +61,18 @@ class Prefetching(Protocol):
     def prefetch_keys(self, event: dict[str, Any]) -> list[tuple[str, str]]:
         """``(store, key)`` pairs ``process(stores, event)`` is likely to read."""
         ...
+
+
+@runtime_checkable
+class Timed(Protocol):
+    """Optional for a processor: records to append because time passed, with no event at all.
+
+    Runners call ``timers`` periodically with the wall clock (and once when they start), reading
+    the processor's committed state, and append what it returns to the log, where the processor
+    meets it as ordinary input. Time thus enters the log as records, so a replay sees the same
+    moments; the records need deterministic ids, as a tick may repeat before they are processed.
+    """
+
+    def timers(self, stores: dict[str, MutableMapping[str, Any]], now: int) -> list[Emit]:
+        """Records due at ``now`` (microseconds since the epoch); must not change ``stores``."""
+        ...

@@ -15,9 +15,12 @@ rekey agent) so that it sees one total order; embedded, it reads ``patron.events
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from patron.streams.processor import Processor
+
+if TYPE_CHECKING:
+    from patron.config import Settings
 
 IDENTITY_INPUT_TOPIC = "patron.identity-input"
 IDENTITY_TOPIC = "patron.identity"
@@ -70,9 +73,16 @@ def derived_event(
     }
 
 
-def default_processors() -> list[Processor]:
-    """The processors ``patron run`` and ``patron worker`` execute, upstream first."""
+def default_processors(settings: Settings | None = None) -> list[Processor]:
+    """The processors ``patron run`` and ``patron worker`` execute, upstream first.
+
+    With ``settings`` the profiles stage also evaluates the segment and trigger definitions of
+    ``settings.segments_dir`` plus the built-in triggers; without (library use, most tests) it
+    evaluates none.
+    """
     from patron.identity.processor import IdentityProcessor
     from patron.projections.profile_processor import ProfileProcessor
+    from patron.projections.segments.definitions import load_definitions
 
-    return [IdentityProcessor(), ProfileProcessor()]
+    definitions = load_definitions(settings.segments_dir) if settings is not None else None
+    return [IdentityProcessor(), ProfileProcessor(definitions=definitions)]

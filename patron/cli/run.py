@@ -7,6 +7,7 @@ stopped (Ctrl-C, after the current commit) or killed at any point and simply run
 from __future__ import annotations
 
 import importlib
+import inspect
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from patron.cli.output import console, err_console, settings_on
+from patron.config import Settings
 from patron.errors import EXIT_INVALID, PatronError
 from patron.events.codec import EventCodec
 from patron.schemas.open import open_registry
@@ -30,8 +32,10 @@ DEFAULT_TOPOLOGY = "patron.streams.topology:default_processors"
 TOPOLOGY_HELP = "The processors to run, as MODULE:FUNCTION returning a list of processors."
 
 
-def load_topology(spec: str) -> list[Processor]:
-    """The processors ``MODULE:FUNCTION`` returns (imported only now: the topology is heavy)."""
+def load_topology(spec: str, settings: Settings) -> list[Processor]:
+    """The processors ``MODULE:FUNCTION`` returns (imported only now: the topology is heavy).
+
+    A function that takes a parameter is given the settings (where the segment definitions are)."""
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name:
         raise PatronError(
@@ -48,7 +52,8 @@ def load_topology(spec: str) -> list[Processor]:
         raise PatronError(
             f"--topology {spec!r}: {module_name} has no function {function_name!r}", EXIT_INVALID
         )
-    return list(factory())
+    takes_settings = bool(inspect.signature(factory).parameters)
+    return list(factory(settings) if takes_settings else factory())
 
 
 def run(
@@ -74,7 +79,7 @@ def run(
         "`patron run` is the embedded runner and needs a local:// broker, not {broker}; "
         "on Kafka start `patron worker` (as many as you like, with one --app-id)",
     )
-    processors = load_topology(topology)
+    processors = load_topology(topology, settings)
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     try:
         runner = LocalRunner(log, EventCodec(open_registry(settings)), processors)

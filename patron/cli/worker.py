@@ -49,7 +49,7 @@ def worker(
     )
     from patron.streams.faust_runner import WorkerConfig, run_worker  # faust is slow to import
 
-    processors = load_topology(topology)
+    processors = load_topology(topology, settings)
     base = workers_dir or settings.path("workers")
     datadir = base / app_id / f"worker-{os.getpid()}"
     datadir.mkdir(parents=True, exist_ok=True)
