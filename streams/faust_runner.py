@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from patron.streams.local_runner import (
     process_events,
 )
 from patron.streams.log import Message, Record, partition_for
-from patron.streams.processor import Processor
+from patron.streams.processor import Processor, Timed
 from patron.streams.state import DEFAULT_CACHE_SIZE, CachedStore, store_name
 
 DEFAULT_DEDUP_WINDOW = 100_000
@@ -102,6 +103,8 @@ class WorkerConfig:
     dedup_window: int = DEFAULT_DEDUP_WINDOW
     cache_size: int = DEFAULT_CACHE_SIZE
     loglevel: str = "WARNING"
+    timer_interval: float = 10.0
+    """Seconds between asking timed processors for due records (see ``streams.processor.Timed``)."""
 
 
 class TableStore(CachedStore):
@@ -116,6 +119,13 @@ class TableStore(CachedStore):
 
     def _persisted_keys(self) -> Iterator[str]:
         return iter(list(self.table.data.keys()))
+
+    def scan(self) -> Iterator[tuple[str, Any]]:
+        """Every (key, value) as written to the table, without filling the cache (timers read it
+        between or during batches: what a batch has not yet written is not there, which only
+        delays a due record to the next tick)."""
+        for key, raw in list(self.table.data.items()):
+            yield key, orjson.loads(raw)
 
 
 def _write(table: Any, partition: int, key: str, value: bytes | None) -> Awaitable[Any]:
@@ -406,12 +416,45 @@ class _Stage:
         self.stats.emitted += len(outgoing)
         self.stats.batches += 1
 
+    async def tick(self, now: float) -> None:
+        """Send what the (timed) processor says is due at ``now``, reading the tables' written content.
+
+        Tables also hold standby partitions, so two workers may send the same record: the records
+        have deterministic ids, and the reading stage skips the second as a duplicate.
+        """
+        assert isinstance(self.processor, Timed)
+        stores = {name: _Written(view) for name, view in self.stores.items()}
+        emits = self.processor.timers(stores, int(now * 1_000_000))  # type: ignore[arg-type]
+        deliveries = []
+        for emit in emits:
+            key = None if emit.key is None else emit.key.encode()
+            deliveries.append(await self.output.send(emit.topic, self.codec.message(emit.event, key=key)))
+        await asyncio.gather(*deliveries)
+        self.stats.emitted += len(emits)
+
     def _discard(self) -> None:
         for view in self.stores.values():
             view.discard()
 
     def _file(self, record: Record, reason: str) -> None:
         self.stats.dead_letters += self.output.file(dead_letter(self.processor, record, reason))
+
+
+class _Written:
+    """A read-only view of a table's written content (``scan``, iteration, lookups), for timers."""
+
+    def __init__(self, view: TableStore):
+        self._view = view
+
+    def scan(self) -> Iterator[tuple[str, Any]]:
+        return self._view.scan()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._view.table.data.keys()))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self._view.table.data.get(key)
+        return default if raw is None else orjson.loads(raw)
 
 
 def _rekey_agent(app: faust.App, processor: Processor, output: _Output, config: WorkerConfig) -> None:
@@ -474,6 +517,16 @@ def build_app(
             stage.reassigned()
         mine = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned if not tp.topic.endswith("-changelog"))
         report(f"worker {os.getpid()} assigned: {', '.join(mine) or 'nothing'}")
+
+    timed = [stage for stage in stages if isinstance(stage.processor, Timed)]
+    if timed:
+
+        @app.timer(config.timer_interval)
+        async def timers() -> None:
+            if not app.tables.recovery.completed.is_set():
+                return  # tables still recovering: what they hold is not yet the state
+            for stage in timed:
+                await stage.tick(time.time())
 
     last: dict[str, tuple[int, ...]] = {}
 

@@ -25,7 +25,7 @@ from patron.errors import EXIT_INVALID, PatronError
 from patron.events.codec import EventCodec
 from patron.schemas.open import open_registry
 from patron.streams.local_log import LocalLog
-from patron.streams.local_runner import DEFAULT_BATCH_SIZE, LocalRunner, ProcessorStats
+from patron.streams.local_runner import DEFAULT_BATCH_SIZE, TIMER_INTERVAL_S, LocalRunner, ProcessorStats
 from patron.streams.processor import Processor
 
 DEFAULT_TOPOLOGY = "patron.streams.topology:default_processors"
@@ -71,8 +71,14 @@ def run(
         help="Forget all processor state and positions first, and rebuild from the start of the log.",
     ),
     topology: str = typer.Option(DEFAULT_TOPOLOGY, "--topology", help=TOPOLOGY_HELP),
+    timer_interval: float = typer.Option(
+        TIMER_INTERVAL_S,
+        "--timer-interval",
+        min=0.1,
+        help="With --follow: seconds between checks for segment time windows that flipped.",
+    ),
 ) -> None:
-    """Run the stream processors (identity, profiles) on the embedded log."""
+    """Run the stream processors (identity, profiles and their segments) on the embedded log."""
     settings = settings_on(
         ctx,
         "local",
@@ -87,7 +93,13 @@ def run(
             runner.reset()
             err_console.print("state and positions reset: rebuilding from the start of the log")
         with _stop_on_signals() as stop, _progress(runner) as on_batch:
-            stats = runner.run(follow=follow, batch_size=batch_size, stop=stop, on_batch=on_batch)
+            stats = runner.run(
+                follow=follow,
+                batch_size=batch_size,
+                stop=stop,
+                on_batch=on_batch,
+                timer_interval=timer_interval,
+            )
     finally:
         log.close()
     _report(stats)

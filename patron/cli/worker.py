@@ -36,6 +36,12 @@ def worker(
         help="Seconds before a silent worker's partitions move to the others (and the rebalance timeout).",
     ),
     topology: str = typer.Option(DEFAULT_TOPOLOGY, "--topology", help=TOPOLOGY_HELP),
+    timer_interval: float = typer.Option(
+        10.0,
+        "--timer-interval",
+        min=0.1,
+        help="Seconds between checks for segment time windows that flipped (dormancy, expiry).",
+    ),
     log_level: str = typer.Option(
         "warning", "--log-level", help="faust's own logging: warning, info (rebalances, recovery) or debug."
     ),
@@ -61,6 +67,7 @@ def worker(
         batch_size=batch_size,
         session_timeout=session_timeout,
         loglevel=log_level.upper(),
+        timer_interval=timer_interval,
     )
     err_console.print(f"worker {os.getpid()}: app {app_id!r} on kafka://{settings.broker.location}")
     try:
