@@ -4,8 +4,10 @@ Generates a realistic multi-source data set, ingests the files through the file
 connector, sends the web events through the HTTP collector with the Segment SDK,
 shows what landed in the log and in the dead-letter store, resolves identities
 into unified profiles and shows a few merges and one profile, then snapshots the
-projections (RFM, CLV, health, lifecycle, KPIs), queries them with SQL and writes the report. Every step is a
-``patron`` command a user could type, printed before it runs.
+projections (RFM, CLV, health, lifecycle, KPIs), queries them with SQL and writes the report, and
+finally shows the segments and triggers marketing tools subscribe to. The generated period ends
+today, so "in the last 30 days" means what it says. Every step is a ``patron`` command a user could
+type, printed before it runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,8 @@ from rich.rule import Rule
 
 DEMO_DIR = Path("patron-data/demo")
 INPUT = DEMO_DIR / "input"
+DAYS = 120
+EXAMPLE_SEGMENTS = Path(__file__).resolve().parent.parent / "deploy" / "segments" / "marketing.yaml"
 console = Console()
 
 
@@ -128,9 +132,26 @@ def main() -> None:
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     console.print(Rule("1. generate a multi-source data set (dirty identifiers, duplicates, malformed rows)"))
-    patron("generate", "--customers", "400", "--days", "120", "--seed", "7", "--out", str(INPUT))
-    console.print(Rule("2. register the event catalogue in the schema registry"))
+    start = (datetime.now(UTC) - timedelta(days=DAYS - 1)).date().isoformat()
+    patron(
+        "generate",
+        "--customers",
+        "400",
+        "--days",
+        str(DAYS),
+        "--start",
+        start,
+        "--seed",
+        "7",
+        "--out",
+        str(INPUT),
+    )
+    console.print(Rule("2. register the event catalogue; put example segment definitions in place"))
     patron("schemas", "check", "--register")
+    (DEMO_DIR / "segments").mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXAMPLE_SEGMENTS, DEMO_DIR / "segments" / EXAMPLE_SEGMENTS.name)
+    console.print(f"copied {EXAMPLE_SEGMENTS.name} into {DEMO_DIR / 'segments'}")
+    patron("segments", "validate")
     console.print(Rule("3. ingest the files through the file connector"))
     files = sorted(p for p in INPUT.iterdir() if p.is_file() and p.suffix in {".csv", ".jsonl", ".parquet"})
     files = [
@@ -149,6 +170,7 @@ def main() -> None:
     patron("dlq", "list", "--limit", "8")
     resolve_identities()
     analytics()
+    segments()
     console.print(f"\nEverything is in [bold]{DEMO_DIR}[/]; try `patron --data-dir {DEMO_DIR} --help`.")
 
 
@@ -181,11 +203,9 @@ def resolve_identities() -> None:
 
 
 def analytics() -> None:
-    """Issue 4's result: a snapshot as of the generated period's last day, SQL over it, the HTML report."""
-    window = orjson.loads((INPUT / "manifest.json").read_bytes())["window"]
-    last_day = (datetime.fromisoformat(window["end"]) - timedelta(microseconds=1)).date().isoformat()
-    console.print(Rule(f"10. snapshot the projections as of {last_day}, the generated period's last day"))
-    patron("snapshot", "--as-of", last_day)
+    """Issue 4's result: a snapshot of every projection, SQL over it, the HTML report."""
+    console.print(Rule("10. snapshot the projections (Parquet), and hand the scores to the segments"))
+    patron("snapshot")
     console.print(Rule("11. analysts' SQL over the snapshot (DuckDB, read-only)"))
     patron(
         "sql",
@@ -208,6 +228,17 @@ def analytics() -> None:
     patron("sql", "SELECT * FROM kpi_retention_monthly")
     console.print(Rule("12. the HTML report (RFM grid, health factors, CLV, cohorts, lifecycle funnel)"))
     patron("report")
+
+
+def segments() -> None:
+    """Issue 5's result: segment sizes and the change events marketing tools receive."""
+    console.print(Rule("13. segments and triggers: the snapshot's scores reach the profiles stage"))
+    patron("run", "--until-caught-up")
+    patron("segments", "list")
+    console.print(Rule("14. what marketing tools receive (patron.segment-changes, patron.triggers)"))
+    patron("log", "tail", "-n", "4", "--topic", "patron.segment-changes")
+    patron("log", "tail", "-n", "4", "--topic", "patron.triggers")
+    patron("segments", "members", "champions", "--limit", "5")
 
 
 def richest_profile(export: Path) -> tuple[str, str]:
