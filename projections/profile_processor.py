@@ -46,7 +46,7 @@ from patron.projections.profiles import (
     take,
 )
 from patron.projections.segments.definitions import Definitions
-from patron.projections.segments.engine import SegmentEngine
+from patron.projections.segments.engine import ALL_INPUTS, PROFILE_INPUT, SCORES_INPUT, SegmentEngine
 from patron.projections.segments.timers import SEGMENT_TIMER_FIRED, due_timers, stale_profiles
 from patron.projections.segments.topics import SEGMENTS_SOURCE
 from patron.streams.processor import Emit
@@ -204,7 +204,14 @@ class ProfileProcessor:
                 segments[key] = state
             wakes.pop(key, None)
             return emits
-        state, wake, emits = self.segments.evaluate(segments.get(key), key, profile, at, envelope["event_id"])
+        changed = PROFILE_INPUT
+        if envelope["event_type"] == PROFILE_SCORED and envelope["source"] == PROJECTIONS_SOURCE:
+            changed = SCORES_INPUT
+        elif envelope["event_type"] == SEGMENT_TIMER_FIRED and envelope["source"] == SEGMENTS_SOURCE:
+            changed = ALL_INPUTS
+        state, wake, emits = self.segments.evaluate(
+            segments.get(key), key, profile, at, envelope["event_id"], changed
+        )
         segments[key] = state
         if wake is None:
             wakes.pop(key, None)

@@ -30,6 +30,7 @@ from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 from patron.streams.log import EVENTS_TOPIC, scan
 from patron.streams.state import read_store
+from patron.streams.topology import PROFILE_EVENTS_TOPIC, derived_event
 
 DAY1 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ANA = {"user_id": "u-ana", "email": "ana@example.com"}
@@ -299,3 +300,69 @@ def test_invalid_definitions_fail_with_one_line_naming_file_and_place(
     assert message in str(caught.value)
     assert str(tmp_path / "bad.yaml") in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def scored(profile_id: str, as_of: datetime, segment: str, n: int) -> dict[str, Any]:
+    """A ``profile_scored`` record as ``patron snapshot`` appends it."""
+    return derived_event(
+        str(uuid.UUID(int=10_000 + n)),
+        "profile_scored",
+        source="patron.projections",
+        occurred_at=as_of,
+        received_at=as_of,
+        payload={
+            "profile_id": profile_id,
+            "as_of": as_of,
+            "rfm_segment": segment,
+            "rfm_r": 5,
+            "rfm_f": 4,
+            "rfm_m": 4,
+            "health_score": 80.5,
+            "health_status": "green",
+            "clv": 900.0,
+            "p_alive": 0.9,
+            "lifecycle_stage": "loyal",
+        },
+    )
+
+
+def test_scores_from_a_snapshot_move_profiles_between_score_segments(tmp_path: Path) -> None:
+    definitions = """
+    segments:
+      - name: champions
+        where: {rfm.segment: Champions}
+        include: [clv.value, health.status]
+      - name: buyers
+        where: {orders.total: {gte: 1}}
+    """
+    pipeline = Pipeline(tmp_path, definitions)
+    pipeline.feed([order(DAY1, ANA, 10.0)])
+    ana = pipeline.profile_of("u-ana")
+    assert pipeline.transitions() == [("segment_entered", ana, "buyers")]
+
+    def score(as_of: datetime, segment: str, n: int) -> None:
+        record = scored(ana, as_of, segment, n)
+        pipeline.log.append(PROFILE_EVENTS_TOPIC, [pipeline.codec.message(record, key=ana.encode())])
+        pipeline.run(as_of)
+
+    score(DAY1 + timedelta(days=1), "Champions", 1)
+    score(DAY1 + timedelta(days=1, hours=1), "Champions", 2)  # same segment again: no change
+    score(DAY1 + timedelta(hours=12), "At Risk", 3)  # an older snapshot arriving late: ignored
+    assert pipeline.transitions() == [
+        ("segment_entered", ana, "buyers"),
+        ("segment_entered", ana, "champions"),
+    ]
+    entered = pipeline.changes()[1]["payload"]
+    assert entered["reason"] == "rfm.segment = 'Champions' (is 'Champions')"
+    assert entered["traits"] == {"clv.value": "900.0", "health.status": '"green"'}
+    score(DAY1 + timedelta(days=2), "Loyal", 4)
+    assert pipeline.transitions()[-1] == ("segment_exited", ana, "champions")
+    # scores of a profile the stage does not hold create nothing
+    stranger = str(uuid.UUID(int=99))
+    pipeline.log.append(
+        PROFILE_EVENTS_TOPIC,
+        [pipeline.codec.message(scored(stranger, DAY1, "Champions", 5), key=stranger.encode())],
+    )
+    pipeline.run(DAY1 + timedelta(days=3))
+    assert stranger not in read_store(pipeline.log, "profiles", "profiles")
+    assert len(pipeline.changes()) == 3

@@ -32,8 +32,8 @@ import orjson
 from patron.identity.events import uuid5_text
 from patron.projections.profiles import Profile
 from patron.projections.segments.definitions import Definition, Definitions
-from patron.projections.segments.fields import TIME, Fields, field_spec
-from patron.projections.segments.predicates import evaluate, next_flip, shown
+from patron.projections.segments.fields import SCORES, TIME, Fields, field_spec
+from patron.projections.segments.predicates import TIME_OPS, evaluate, leaves, next_flip, shown
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, SEGMENTS_SOURCE, TRIGGERS_TOPIC
 from patron.streams.processor import Emit
 from patron.streams.topology import derived_event
@@ -41,6 +41,7 @@ from patron.streams.topology import derived_event
 SEGMENT_ENTERED, SEGMENT_EXITED, TRIGGER_FIRED = "segment_entered", "segment_exited", "trigger_fired"
 TRANSITION_NAMESPACE = uuid.UUID("2b6f0e4a-93c1-5d7e-a8f2-61c4d0b9e357")
 State = dict[str, Any]
+SCORES_INPUT, PROFILE_INPUT, TIME_INPUT, ALL_INPUTS = "scores", "profile", "time", "all"
 
 
 def new_state() -> State:
@@ -70,17 +71,51 @@ def _duration(micros: int) -> str:
     return f"{micros}us"
 
 
+def _inputs(definition: Definition) -> frozenset[str]:
+    """What can change the definition's result: ``scores`` (a snapshot), ``profile`` (the profile's own
+    records: events, merges, splits) and ``time`` (windows that flip as the clock moves)."""
+    inputs = set()
+    for leaf in leaves(definition.condition):
+        spec = field_spec(leaf.field)
+        inputs.add(SCORES_INPUT if leaf.field in SCORES or leaf.field == "scores.as_of" else PROFILE_INPUT)
+        if leaf.op in TIME_OPS or (spec is not None and spec.changes_with_time):
+            inputs.add(TIME_INPUT)
+    return frozenset(inputs)
+
+
 class SegmentEngine:
-    """Evaluates ``definitions`` for one profile at a time; see the module docstring."""
+    """Evaluates ``definitions`` for one profile at a time; see the module docstring.
+
+    Dependency tracking: a record only re-evaluates the definitions whose result it can change. A
+    snapshot's scores do not touch conditions over events and traits, a source event does not touch
+    conditions over scores; conditions with a time window are evaluated every time (the moment moved).
+    """
 
     def __init__(self, definitions: Definitions):
         self.definitions = definitions
+        self._inputs = {d.name: _inputs(d) for d in (*definitions.segments, *definitions.triggers)}
+
+    def _affected(self, definition: Definition, changed: str) -> bool:
+        inputs = self._inputs[definition.name]
+        return changed == ALL_INPUTS or changed in inputs or TIME_INPUT in inputs
 
     def evaluate(
-        self, state: State | None, profile_id: str, profile: Profile, at: int, cause_id: str
+        self,
+        state: State | None,
+        profile_id: str,
+        profile: Profile,
+        at: int,
+        cause_id: str,
+        changed: str = ALL_INPUTS,
     ) -> tuple[State, int | None, list[Emit]]:
-        """The profile's new segments state, its next wake-up moment (or None), and the events to emit."""
+        """The profile's new segments state, its next wake-up moment (or None), and the events to emit.
+
+        ``changed`` says what the record changed (``scores``, ``profile``, or ``all``: evaluate every
+        definition); with other definitions than the state was last evaluated with, all are evaluated.
+        """
         state = state or new_state()
+        if state["defs"] != self.definitions.fingerprint:
+            changed = ALL_INPUTS
         now = max(state["now"], at)
         state["now"] = now
         fields = Fields(profile, now)
@@ -93,6 +128,8 @@ class SegmentEngine:
                 )
             )
         for definition in self.definitions.segments:
+            if not self._affected(definition, changed):
+                continue
             held, reasons = evaluate(definition.condition, fields)
             member = state["in"].get(definition.name)
             if held and member is None:
@@ -119,6 +156,8 @@ class SegmentEngine:
         for name in set(state["holds"]) - triggers:
             del state["holds"][name]
         for definition in self.definitions.triggers:
+            if not self._affected(definition, changed):
+                continue
             held, reasons = evaluate(definition.condition, fields)
             if held and definition.name not in state["holds"]:
                 state["holds"][definition.name] = now
@@ -129,7 +168,8 @@ class SegmentEngine:
         flips = [
             flip
             for definition in (*self.definitions.segments, *self.definitions.triggers)
-            if (flip := next_flip(definition.condition, fields)) is not None
+            if TIME_INPUT in self._inputs[definition.name]
+            and (flip := next_flip(definition.condition, fields)) is not None
         ]
         return state, (min(flips) if flips else None), emits
 
