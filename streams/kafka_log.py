@@ -77,7 +77,7 @@ class KafkaLog:
             "bootstrap.servers": bootstrap,
             "socket.connection.setup.timeout.ms": int(timeout * 1000),
             "error_cb": self._on_error,
-            "logger": _QuietLogger(),
+            "logger": QuietLogger(),
         }
         self._admin = AdminClient(common)
         self._producer = Producer(
@@ -108,7 +108,7 @@ class KafkaLog:
         """librdkafka reports connection trouble here; kept to explain a later timeout."""
         self._last_error = error
 
-    def _unavailable(self, action: str, cause: object | None = None) -> Unavailable:
+    def unavailable(self, action: str, cause: object | None = None) -> Unavailable:
         reason = cause if cause is not None else self._last_error
         detail = f": {reason.str() if isinstance(reason, KafkaError) else reason}" if reason else ""
         return Unavailable(
@@ -121,7 +121,7 @@ class KafkaLog:
         try:
             return self._admin.list_topics(topic=topic, timeout=self.timeout)
         except KafkaException as exc:
-            raise self._unavailable("listing topics", exc.args[0]) from None
+            raise self.unavailable("listing topics", exc.args[0]) from None
 
     def _partition_count(self, topic: str) -> int | None:
         """Partitions of ``topic``, or None if it does not exist (cached once seen: counts only grow)."""
@@ -154,9 +154,9 @@ class KafkaLog:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise self._unavailable(f"creating topic {topic!r}", error) from None
+                raise self.unavailable(f"creating topic {topic!r}", error) from None
         except TimeoutError:
-            raise self._unavailable(f"creating topic {topic!r}") from None
+            raise self.unavailable(f"creating topic {topic!r}") from None
         return self._await_topic(topic)
 
     def _await_topic(self, topic: str) -> int:
@@ -169,7 +169,7 @@ class KafkaLog:
                 self._partitions[topic] = len(meta.partitions)
                 return len(meta.partitions)
             time.sleep(0.05)
-        raise self._unavailable(f"waiting for topic {topic!r} to get partition leaders")
+        raise self.unavailable(f"waiting for topic {topic!r} to get partition leaders")
 
     # -- append ------------------------------------------------------------------------------
     def append(self, topic: str, messages: Sequence[Message]) -> AppendResult:
@@ -205,9 +205,9 @@ class KafkaLog:
         # acknowledged: a retry after a partial failure re-sends exactly the rest.
         self._remember(recent, [m.event_id for m in fresh if m.event_id in acknowledged])
         if remaining:
-            raise self._unavailable(f"acknowledging {remaining} of {len(fresh)} records to {topic!r}")
+            raise self.unavailable(f"acknowledging {remaining} of {len(fresh)} records to {topic!r}")
         if failures:
-            raise self._unavailable(
+            raise self.unavailable(
                 f"appending {len(failures)} of {len(fresh)} records to {topic!r}", failures[0]
             )
         return AppendResult(appended=len(fresh), duplicates=len(messages) - len(fresh))
@@ -233,7 +233,7 @@ class KafkaLog:
                 return
             except BufferError:
                 if time.monotonic() > deadline:
-                    raise self._unavailable(f"making room in the producer queue for {topic!r}") from None
+                    raise self.unavailable(f"making room in the producer queue for {topic!r}") from None
                 self._producer.poll(0.05)
 
     def _remember(self, recent: OrderedDict[str, None], event_ids: list[str]) -> None:
@@ -278,7 +278,7 @@ class KafkaLog:
         try:
             while len(ends) < len(partitions):
                 if time.monotonic() > deadline:
-                    raise self._unavailable(f"reading the end offsets of {topic!r}")
+                    raise self.unavailable(f"reading the end offsets of {topic!r}")
                 for message in self._consumer.consume(num_messages=10_000, timeout=0.05):
                     error = message.error()
                     if error is None or message.topic() != topic:
@@ -286,7 +286,7 @@ class KafkaLog:
                     if error.code() == KafkaError._PARTITION_EOF:
                         ends.setdefault(message.partition(), message.offset())
                     else:
-                        raise self._unavailable(f"reading the end offsets of {topic!r}", error)
+                        raise self.unavailable(f"reading the end offsets of {topic!r}", error)
         finally:
             self._consumer.unassign()
         return dict(sorted(ends.items()))
@@ -317,10 +317,10 @@ class KafkaLog:
                     error = message.error()
                     if error is None:
                         if position <= message.offset() and len(records) < limit:
-                            records.append(_record(message))
+                            records.append(record_of(message))
                             position = message.offset() + 1
                     elif error.code() != KafkaError._PARTITION_EOF:
-                        raise self._unavailable(f"reading {topic}/{partition} at offset {position}", error)
+                        raise self.unavailable(f"reading {topic}/{partition} at offset {position}", error)
                     elif message.offset() >= position:
                         return records
                 now = time.monotonic()
@@ -332,7 +332,7 @@ class KafkaLog:
                     self._consumer.assign([TopicPartition(topic, partition, position)])
                     quiet_since = time.monotonic()
                 if now - last_progress > self.timeout:
-                    raise self._unavailable(f"reading {topic}/{partition} at offset {position}")
+                    raise self.unavailable(f"reading {topic}/{partition} at offset {position}")
         finally:
             self._consumer.unassign()
         return records
@@ -342,7 +342,7 @@ class KafkaLog:
         self._consumer.close()
 
 
-class _QuietLogger:
+class QuietLogger:
     """librdkafka's own log lines (a reconnect attempt every 50 ms while a broker is down) go to
     debug logging: the errors that matter reach the user once, through :class:`Unavailable`."""
 
@@ -353,7 +353,7 @@ class _QuietLogger:
         self._logger.debug(message, *args)
 
 
-def _record(message: KafkaMessage) -> Record:
+def record_of(message: KafkaMessage) -> Record:
     headers = dict(message.headers() or ())
     event_id = headers.get(EVENT_ID_HEADER)
     return Record(
