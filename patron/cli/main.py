@@ -17,7 +17,9 @@ from patron.cli import (
     report,
     run,
     schemas,
+    segments,
     serve,
+    sink,
     snapshot,
     sql,
     worker,
@@ -72,6 +74,8 @@ app.command("profile")(profile.profile)
 app.command("snapshot")(snapshot.snapshot)
 app.command("sql")(sql.sql)
 app.command("report")(report.report)
+app.add_typer(sink.app, name="sink")
+app.add_typer(segments.app, name="segments")
 
 
 def run() -> None:

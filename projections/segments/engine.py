@@ -33,7 +33,7 @@ from patron.identity.events import uuid5_text
 from patron.projections.profiles import Profile
 from patron.projections.segments.definitions import Definition, Definitions
 from patron.projections.segments.fields import SCORES, TIME, Fields, field_spec
-from patron.projections.segments.predicates import TIME_OPS, evaluate, leaves, next_flip, shown
+from patron.projections.segments.predicates import TIME_OPS, duration_text, evaluate, leaves, next_flip, shown
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, SEGMENTS_SOURCE, TRIGGERS_TOPIC
 from patron.streams.processor import Emit
 from patron.streams.topology import derived_event
@@ -62,13 +62,6 @@ def _json(name: str, value: Any) -> str:
     if spec is not None and spec.kind == TIME and isinstance(value, int):
         value = shown(value, TIME)
     return orjson.dumps(value).decode()
-
-
-def _duration(micros: int) -> str:
-    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000)):
-        if micros % size == 0:
-            return f"{micros // size}{unit}"
-    return f"{micros}us"
 
 
 def _inputs(definition: Definition) -> frozenset[str]:
@@ -300,7 +293,7 @@ class SegmentEngine:
             key = f"{definition.name}/{channel}"
             recent = [t for t in state["fired"].get(key, []) if t > now - definition.cap_per]
             if len(recent) >= definition.cap_max:
-                cap = f"{definition.cap_max} per {_duration(definition.cap_per)}"
+                cap = f"{definition.cap_max} per {duration_text(definition.cap_per)}"
                 suppressed.append(
                     {"channel": channel, "reason": f"frequency cap {cap} reached for {channel}"}
                 )

@@ -71,6 +71,14 @@ def parse_duration(text: Any, where: str) -> int:
     return int(match[1]) * MICROS[match[2]]
 
 
+def duration_text(micros: int) -> str:
+    """Microseconds as the largest whole unit: ``30d``, ``4h``, ``15m``."""
+    for unit in ("d", "h", "m"):
+        if micros % MICROS[unit] == 0:
+            return f"{micros // MICROS[unit]}{unit}"
+    return f"{micros}us"
+
+
 def shown(value: Any, kind: str) -> str:
     """A value as a reason shows it: times in ISO 8601 UTC, text quoted."""
     if value is None:
@@ -127,8 +135,8 @@ class Leaf:
             return actual < fields.now - value
         return fields.now <= actual <= fields.now + value  # within_next
 
-    def describe(self, fields: Fields) -> str:
-        actual = shown(fields.value(self.field), self.kind)
+    def test(self) -> str:
+        """``field op value`` as a reader writes it: ``orders.last_at not within last 30d``."""
         if self.op in SYMBOLS:
             test = f"{SYMBOLS[self.op]} {shown(self.value, self.kind)}"
         elif self.op in ("in", "not_in"):
@@ -136,12 +144,14 @@ class Leaf:
         elif self.op == "exists":
             test = "exists" if self.value else "is missing"
         elif self.op in TIME_OPS:
-            test = f"{self.op.replace('_', ' ')} {self.value // MICROS['h']}h"
-            if self.value % MICROS["d"] == 0:
-                test = f"{self.op.replace('_', ' ')} {self.value // MICROS['d']}d"
+            test = f"{self.op.replace('_', ' ')} {duration_text(self.value)}"
         else:
             test = f"contains {shown(self.value, STRING)}"
-        return f"{self.field} {test} (is {actual})"
+        return f"{self.field} {test}"
+
+    def describe(self, fields: Fields) -> str:
+        """The test and the value it saw: ``revenue.last_30d >= 100 (is 150)``."""
+        return f"{self.test()} (is {shown(fields.value(self.field), self.kind)})"
 
     def flips_at(self, fields: Fields) -> int | None:
         """The first moment after ``now`` at which this test can change with time alone, or None."""
@@ -204,7 +214,8 @@ def _suggest(name: str) -> str:
     """A "did you mean" for a mistyped field: the closest real name, the part after the dot kept."""
     rest = name.partition(".")[2]
     prefixes = (*FAMILIES, "traits", "identifiers", "consent", "events")
-    candidates = [*FIXED, *(f"{prefix}.{rest}" for prefix in prefixes if rest)]
+    tails = (rest, f"{rest}d") if rest else ()
+    candidates = [*FIXED, *(f"{prefix}.{tail}" for prefix in prefixes for tail in tails)]
     match = process.extractOne(name, [c for c in candidates if field_spec(c) is not None], score_cutoff=70)
     return f"; did you mean {match[0]!r}?" if match else "; see docs/segments.md for the fields"
 
