@@ -18,7 +18,8 @@ the switch, and the current one never is.
 Change events (lifecycle stage changes, health alerts) compare the new snapshot with the current
 one and are appended to the log *before* the switch: if appending fails the snapshot is not
 published, and re-running compares with the same previous snapshot again. Their ids are
-deterministic, so a re-run appends nothing twice.
+deterministic, so a re-run appends nothing twice. Changed scores (``profile_scored``) are appended
+the same way, to ``patron.profile-events``, for the profiles stage to fold into the profiles.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ from patron.projections.profile_export import export_profiles
 from patron.projections.profile_processor import ProfileProcessor
 from patron.projections.profile_rules import load_profile_rules
 from patron.projections.rebuild import rebuild as replay_log
+from patron.projections.segments.membership import MEMBERSHIP_SCHEMA, membership_rows
 from patron.projections.sql import SqlSession
 from patron.schemas.open import open_registry
 from patron.streams.backends import open_log
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, EventLog
+from patron.streams.state import SqliteStore, read_changelog, scan_items, store_name
 from patron.streams.topology import PROFILE_EVENTS_TOPIC
 
 SNAPSHOTS = "snapshots"
@@ -79,8 +82,13 @@ DERIVED: tuple[tuple[str, Callable[[FactTables, datetime], pa.Table]], ...] = (
 """The score tables, in the order they are built, each by its one builder ``(fact tables, as_of)``;
 ``health_accounts`` follows from ``health``, ``clv_model`` (the fitted parameters) from ``clv``."""
 
-STEPS = 4 + len(DERIVED)
-"""Progress steps of one snapshot: fact tables, each score table, profiles, change events, publishing."""
+STEPS = 5 + len(DERIVED)
+"""Progress steps of one snapshot: fact tables, profiles, segment membership, each score table,
+change events, publishing."""
+SCORES_APPENDED = "score_events_appended"
+"""``snapshot.json`` key: ``profile_scored`` events appended (an int, 0 when a re-run found them all
+there), or null when this snapshot appended none because its as-of was not later than the newest
+scores already sent."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class SnapshotInfo:
     """Rows per table."""
     changes: int
     """Change events appended to the log (0 when a re-run found them all there already)."""
+    scores: int
+    """``profile_scored`` events appended to ``patron.profile-events`` (0 also when none were due)."""
     replay: dict[str, int] | None
     """A rebuild's record counts (folded, and each reason a record was not), None when incremental."""
 
@@ -261,6 +271,68 @@ def _append_changes(
     ).appended
 
 
+def _score_baseline(root: Path) -> tuple[Path, datetime] | None:
+    """The retained snapshot whose scores the profiles stage holds: the one with the latest as-of
+    among those that appended score events (the stage keeps the newest scores by as-of). Not simply
+    the current snapshot: a time-travel snapshot becomes current without sending its scores, and a
+    snapshot taken before score events existed sent none; neither says what the profiles hold."""
+    candidates = []
+    for snapshot_id in read_manifest(root)["snapshots"]:
+        path = root / snapshot_id / SNAPSHOT_META
+        if path.exists() and (meta := read_meta(path.parent)).get(SCORES_APPENDED) is not None:
+            candidates.append((datetime.fromisoformat(meta["as_of"]), path.parent))
+    if not candidates:
+        return None
+    as_of, directory = max(candidates)
+    return directory, as_of
+
+
+def _score_tables(directory: Path) -> dict[str, pa.Table]:
+    """A snapshot's score tables, only the columns the scores read."""
+    tables = {}
+    for name in changes.SCORE_TABLES:
+        path = directory / f"{name}.parquet"
+        if path.exists():
+            tables[name] = pq.read_table(path, columns=changes.score_inputs(name, pq.read_schema(path).names))
+    return tables
+
+
+def _append_scores(
+    log: EventLog, codec: EventCodec, root: Path, derived: Mapping[str, pa.Table], as_of: datetime
+) -> int | None:
+    """Append ``profile_scored`` for each profile whose scores differ from the baseline's (all scored
+    profiles without one), batch by batch; None when this snapshot is not later than the baseline:
+    the profiles stage keeps the newest scores, so older ones would be ignored there anyway, and
+    a look back (``--as-of`` an earlier day) must not replace today's scores."""
+    baseline = _score_baseline(root)
+    if baseline is not None and baseline[1] >= as_of:
+        return None
+    previous = _score_tables(baseline[0]) if baseline is not None else None
+    log.ensure_topic(PROFILE_EVENTS_TOPIC)
+    appended = 0
+    for events in changes.score_changes(previous, derived, as_of):
+        appended += log.append(
+            PROFILE_EVENTS_TOPIC, [changes.message(codec, event) for event in events]
+        ).appended
+    return appended
+
+
+def segment_membership(log: EventLog, app_id: str) -> pa.Table:
+    """The ``segment_membership`` table: a row per stay of a profile in a segment, from the profiles
+    stage's ``segments`` store (embedded) or its changelog (Kafka ``app_id``); sorted by profile id,
+    empty when no segment was ever evaluated."""
+    if isinstance(log, LocalLog):
+        states = scan_items(SqliteStore(log, store_name(ProfileProcessor.name, "segments"), cache_size=0))
+    else:
+        states = iter(read_changelog(log, app_id, ProfileProcessor.name, "segments").items())
+    rows = [
+        row
+        for profile_id, state in sorted(states, key=lambda item: item[0])
+        for row in membership_rows(profile_id, state)
+    ]
+    return pa.Table.from_pylist(rows, schema=MEMBERSHIP_SCHEMA)
+
+
 def take_snapshot(
     settings: Settings,
     as_of: date | None = None,
@@ -345,6 +417,8 @@ def _take(
                     stored_profiles(log) if isinstance(log, LocalLog) else changelog_profiles(log, app_id)
                 )
                 export_profiles(states, directory, plan)
+                advance("segment membership")
+                membership = segment_membership(log, app_id)
             derived: dict[str, pa.Table] = {}
             for name, build in DERIVED:
                 advance(name)
@@ -355,10 +429,11 @@ def _take(
             derived["health"] = derived["health"].sort_by(
                 [("score", "ascending"), ("profile_id", "ascending")]
             )
-            write_tables(directory, {**dict(facts.items()), **derived})
+            write_tables(directory, {**dict(facts.items()), **derived, "segment_membership": membership})
             materialize_kpis(directory)
-            advance("change events")
+            advance("change and score events")
             appended = _append_changes(log, codec, root, derived, moment)
+            scored = _append_scores(log, codec, root, derived, moment)
             advance("publishing")
             meta = {
                 "as_of": moment.isoformat(),
@@ -368,6 +443,7 @@ def _take(
                 "log_positions": positions,
                 "replay": replay,
                 "change_events_appended": appended,
+                SCORES_APPENDED: scored,
             }
             publish(root, snapshot_id, meta, keep)
         except BaseException:
@@ -376,4 +452,6 @@ def _take(
     finally:
         log.close()
     rows = {name: entry["rows"] for name, entry in read_meta(directory)["tables"].items()}
-    return SnapshotInfo(snapshot_id, directory, moment, created_at, source, rows, appended, replay)
+    return SnapshotInfo(
+        snapshot_id, directory, moment, created_at, source, rows, appended, scored or 0, replay
+    )

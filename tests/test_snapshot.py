@@ -43,7 +43,7 @@ from patron.streams.log import Message, scan
 from patron.streams.state import read_store
 
 DERIVED = {"rfm", "clv", "clv_model", "health", "health_accounts", "lifecycle"}
-EXPORTED = {"profiles", "identities"}
+EXPORTED = {"profiles", "identities", "segment_membership"}
 KPIS = {m.group(1) for m in re.finditer(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(\w+)", kpi_sql(), re.I)}
 START, DAYS = date(2026, 1, 1), 90
 

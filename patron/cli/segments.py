@@ -172,6 +172,10 @@ def validate(
     )
 
 
+WIDE = 100
+"""Terminal width from which ``segments list`` also shows each definition's file."""
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context, definitions_dir: Path | None = DefinitionsOption, app_id: str = AppIdOption
@@ -181,10 +185,12 @@ def list_(
     directory, definitions = _load(settings, definitions_dir)
     with _log(settings) as log:
         states = _store(log, app_id, "segments")
-    table = Table("name", "kind", "version", "members", "channels", "consent", "file")
+    table = Table("name", "kind", "ver", "members", "channels", "consent", "file")
     for column in table.columns[:4]:
         column.no_wrap = True
     table.columns[3].justify = "right"
+    if console.width < WIDE:
+        table.columns.pop()  # the file column: `segments show NAME` has it
     for definition in (*definitions.segments, *definitions.triggers):
         table.add_row(
             definition.name,
@@ -193,7 +199,7 @@ def list_(
             f"{len(current_members(definition, states)):,}",
             ", ".join(definition.channels) or "-",
             definition.purpose or NO_CONSENT,
-            escape(_file(definition)),
+            *([escape(_file(definition))] if console.width >= WIDE else []),
         )
     for kind, item, source in _disabled(directory, definitions.disabled):
         table.add_row(
@@ -203,7 +209,7 @@ def list_(
             "disabled",
             ", ".join(item.get("channels", [])) or "-",
             str(item.get("consent", "marketing")),
-            escape(source),
+            *([escape(source)] if console.width >= WIDE else []),
             style="dim",
         )
     console.print(table)

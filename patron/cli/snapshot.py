@@ -109,7 +109,7 @@ def _take(settings: Settings, day: date | None, rebuild: bool, keep: int, app_id
         )
     console.print(
         f"as of {info.as_of.isoformat(timespec='seconds')} ({info.source}); "
-        f"{info.changes} change events appended; current snapshot: {escape(str(info.path))}",
+        f"{info.changes} change events and {info.scores} score events appended; current snapshot: {escape(str(info.path))}",
         highlight=False,
         soft_wrap=True,
     )
