@@ -141,9 +141,14 @@ class ProfileReader:
 
     # -- timeline ----------------------------------------------------------------------------
     def timeline(
-        self, profile: Profile, limit: int, progress: Progress | None = None
+        self,
+        profile: Profile,
+        limit: int,
+        progress: Progress | None = None,
+        types: frozenset[str] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """The newest ``limit`` source events of the profile, newest first, and how many there are.
+        """The newest ``limit`` source events of the profile (only ``types``, when given), newest first,
+        and how many there are.
 
         Reads the partitions of ``patron.profile-events`` that hold the profile's records (its own id
         and the ids of profiles merged into it or split from); an event belongs to the profile when
@@ -162,6 +167,8 @@ class ProfileReader:
                 event = self.codec.decode(record.value)
                 envelope = event["envelope"]
                 if envelope["source"] in (IDENTITY_SOURCE, PROFILES_SOURCE):
+                    continue
+                if types is not None and envelope["event_type"] not in types:
                     continue
                 if anchor_of(envelope["identifiers"], self.identity_plan) not in anchors:
                     continue

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from patron.cli import (
+    consent,
     dlq,
     generate,
     identity,
@@ -76,6 +77,7 @@ app.command("sql")(sql.sql)
 app.command("report")(report.report)
 app.add_typer(sink.app, name="sink")
 app.add_typer(segments.app, name="segments")
+app.add_typer(consent.app, name="consent")
 
 
 def run() -> None:
