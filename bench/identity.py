@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from patron.cli.output import transient_progress
 
 BLOCK = 1000
 EVENTS_PER_PERSON = 4
@@ -101,16 +102,6 @@ def synthesise(persons: int) -> Iterator[dict[str, Any]]:
                 )
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def prepare(persons: int, data_dir: Path, kafka: str | None = None) -> int:
     """Encode the input into ``data_dir``'s embedded log (or, with ``kafka``, onto that broker's
     ``patron.events``, registry in ``data_dir``); returns the number of events."""
@@ -131,7 +122,7 @@ def prepare(persons: int, data_dir: Path, kafka: str | None = None) -> int:
     total = persons * EVENTS_PER_PERSON
     chunk: list[Any] = []
     try:
-        with _progress() as progress:
+        with transient_progress() as progress:
             task = progress.add_task(f"encoding {total:,} events", total=total)
             for event in synthesise(persons):
                 chunk.append(codec.message(event))

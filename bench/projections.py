@@ -51,8 +51,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from patron.cli.output import transient_progress
 
 START = datetime(2024, 11, 1, tzinfo=UTC)
 DAYS = 730
@@ -259,16 +260,6 @@ def _encode_block(args: tuple[int, Params, str]) -> list[Any]:
     return messages
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def _write_profiles(log: Any, customers: int) -> None:
     """One committed profile per customer, holding the part of its user id (what ``patron run`` would
     leave after folding these events, minus the part contents the rebuild does not read)."""
@@ -314,7 +305,7 @@ def build_data(data_dir: Path, params: Params, workers: int = 2) -> dict[str, An
     events = 0
     try:
         log.ensure_topic(EVENTS_TOPIC)
-        with _progress() as progress, multiprocessing.get_context("fork").Pool(workers) as pool:
+        with transient_progress() as progress, multiprocessing.get_context("fork").Pool(workers) as pool:
             task = progress.add_task(
                 f"set-up: encoding {params.customers:,} customers' events", total=len(blocks)
             )

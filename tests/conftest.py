@@ -9,17 +9,23 @@ Tests share the broker, so each one uses its own topics (see ``unique_topic``).
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 from patron.events.codec import EventCodec
 from patron.schemas.registry import FileRegistry
+from patron.schemas.registry_server import create_app
 from patron.testing_broker import START_TIMEOUT, start_tansu
 
 
@@ -163,3 +169,28 @@ def make_event(
 def make_event_fixture() -> Callable[..., dict[str, Any]]:
     """:func:`make_event` for tests: ``make_event("order_completed", 3, source="web")``."""
     return make_event
+
+
+@contextmanager
+def serve_registry(path: Path) -> Iterator[str]:
+    """Patron's registry server over the embedded registry at ``path``, in uvicorn on a free loopback
+    port (in a thread), as a Confluent client sees it; yields its URL."""
+    listener = socket.socket(
+        socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )  # asyncio sets TCP_NODELAY
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(FileRegistry(path)), log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the registry server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()

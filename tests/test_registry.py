@@ -14,7 +14,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,11 +22,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, record_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
+from conftest import serve_registry
 
 from patron.cli import main
 from patron.errors import EXIT_INVALID, EXIT_REFUSED, EXIT_UNAVAILABLE, PatronError, Unavailable
@@ -36,7 +35,7 @@ from patron.schemas.catalogue import AVRO_DIR, default_catalogue
 from patron.schemas.compatibility import InvalidSchema
 from patron.schemas.confluent import ConfluentRegistry
 from patron.schemas.registry import FileRegistry, IncompatibleSchema
-from patron.schemas.registry_server import MEDIA_TYPE, create_app
+from patron.schemas.registry_server import MEDIA_TYPE
 
 ORDER = default_catalogue().get("order_completed")
 SUBJECT = ORDER.subject  # record-name strategy: patron.events.OrderCompleted
@@ -64,24 +63,8 @@ def free_port() -> int:
 @pytest.fixture
 def registry_url(tmp_path: Path) -> Iterator[str]:
     """Patron's registry server over a fresh embedded registry, in uvicorn on a free loopback port."""
-    listener = socket.socket(
-        socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-    )  # so asyncio sets TCP_NODELAY
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(FileRegistry(tmp_path / "served.db")), log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the registry server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    listener.close()
+    with serve_registry(tmp_path / "served.db") as url:
+        yield url
 
 
 @pytest.fixture

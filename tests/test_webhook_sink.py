@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-import uvicorn
+from conftest import serve_registry
 from test_catalogue import SAMPLES, T1
 from test_catalogue import event as catalogue_event
 from test_ingest import cli
@@ -39,8 +39,6 @@ from patron.connectors.webhook_sink import (
 from patron.errors import EXIT_INVALID, EXIT_UNAVAILABLE
 from patron.events.codec import EventCodec
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC
-from patron.schemas.registry import FileRegistry
-from patron.schemas.registry_server import create_app
 from patron.streams.kafka_log import KafkaLog
 from patron.streams.local_log import LocalLog
 from patron.streams.log import Message
@@ -427,23 +425,8 @@ def test_kafka_consumer_group_delivers_once_with_retries_and_resumes_after_resta
 @pytest.fixture
 def registry_url(data_dir: Path) -> Iterator[str]:
     """The embedded registry of ``data_dir`` served over the Confluent REST API, as a Kafka tool sees it."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(FileRegistry(data_dir / "registry.db")), log_level="warning", lifespan="off"
-        )
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the registry server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    listener.close()
+    with serve_registry(data_dir / "registry.db") as url:
+        yield url
 
 
 def test_the_documented_consumer_example_reads_segment_changes_from_kafka(

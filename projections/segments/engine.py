@@ -227,6 +227,16 @@ class SegmentEngine:
         )
         return Emit(topic, event, key=profile_id)
 
+    def _started(
+        self, profile_id: str, definition: Definition, reasons: list[str], fields: Fields, cause_id: str
+    ) -> dict[str, Any]:
+        """The payload of an entry or a firing: why, the included fields, the consented channels."""
+        payload = self._payload(
+            profile_id, definition, " and ".join(reasons), fields, definition.include, fields.now, cause_id
+        )
+        payload["channels"], payload["suppressed"] = self._consented(definition, fields)
+        return payload
+
     def _enter(
         self,
         state: State,
@@ -236,13 +246,9 @@ class SegmentEngine:
         fields: Fields,
         cause_id: str,
     ) -> Emit:
-        now = fields.now
-        state["in"][definition.name] = {"v": definition.version, "since": now}
-        payload = self._payload(
-            profile_id, definition, " and ".join(reasons), fields, definition.include, now, cause_id
-        )
+        state["in"][definition.name] = {"v": definition.version, "since": fields.now}
+        payload = self._started(profile_id, definition, reasons, fields, cause_id)
         payload["segment"] = definition.name
-        payload["channels"], payload["suppressed"] = self._consented(definition, fields)
         ordinal = self._next(state, definition.name)
         return self._event(
             SEGMENT_ENTERED, SEGMENT_CHANGES_TOPIC, profile_id, definition.name, ordinal, payload
@@ -282,12 +288,10 @@ class SegmentEngine:
         cause_id: str,
     ) -> Emit:
         now = fields.now
-        payload = self._payload(
-            profile_id, definition, " and ".join(reasons), fields, definition.include, now, cause_id
-        )
+        payload = self._started(profile_id, definition, reasons, fields, cause_id)
         payload["trigger"] = definition.name
         payload["action"] = definition.action
-        channels, suppressed = self._consented(definition, fields)
+        channels, suppressed = payload["channels"], payload["suppressed"]
         allowed = []
         for channel in channels:
             key = f"{definition.name}/{channel}"
