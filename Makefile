@@ -32,6 +32,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/projections.py
+	$(BIN)/python bench/identity.py
+	$(BIN)/python bench/matching.py
+	$(BIN)/python bench/segments.py --profiles 100000
 
 clean:
 	rm -rf $(VENV) patron-data

@@ -47,7 +47,7 @@ from patron.streams.processor import Emit, Prefetching, Processor, Timed
 from patron.streams.state import DEFAULT_CACHE_SIZE, SqliteStore, store_name
 
 DEFAULT_BATCH_SIZE = 500
-IDLE_SLEEP_S = 0.2
+IDLE_SLEEP_S = 0.05
 TIMER_INTERVAL_S = 10.0
 """How often ``run(follow=True)`` asks timed processors for records due (see ``Timed``)."""
 DECODED_CACHE_SIZE = 50_000

@@ -33,7 +33,15 @@ from patron.identity.events import uuid5_text
 from patron.projections.profiles import Profile
 from patron.projections.segments.definitions import Definition, Definitions
 from patron.projections.segments.fields import SCORES, TIME, Fields, field_spec
-from patron.projections.segments.predicates import TIME_OPS, duration_text, evaluate, leaves, next_flip, shown
+from patron.projections.segments.predicates import (
+    TIME_OPS,
+    duration_text,
+    evaluate,
+    holds,
+    leaves,
+    next_flip,
+    shown,
+)
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, SEGMENTS_SOURCE, TRIGGERS_TOPIC
 from patron.streams.processor import Emit
 from patron.streams.topology import derived_event
@@ -123,12 +131,13 @@ class SegmentEngine:
         for definition in self.definitions.segments:
             if not self._affected(definition, changed):
                 continue
-            held, reasons = evaluate(definition.condition, fields)
+            held = holds(definition.condition, fields)
             member = state["in"].get(definition.name)
             if held and member is None:
+                reasons = evaluate(definition.condition, fields)[1]
                 emits.append(self._enter(state, profile_id, definition, reasons, fields, cause_id))
             elif not held and member is not None:
-                reason = " and ".join(reasons)
+                reason = " and ".join(evaluate(definition.condition, fields)[1])
                 emits.append(
                     self._exit(
                         state,
@@ -151,9 +160,10 @@ class SegmentEngine:
         for definition in self.definitions.triggers:
             if not self._affected(definition, changed):
                 continue
-            held, reasons = evaluate(definition.condition, fields)
+            held = holds(definition.condition, fields)
             if held and definition.name not in state["holds"]:
                 state["holds"][definition.name] = now
+                reasons = evaluate(definition.condition, fields)[1]
                 emits.append(self._fire(state, profile_id, definition, reasons, fields, cause_id))
             elif not held:
                 state["holds"].pop(definition.name, None)

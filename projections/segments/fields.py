@@ -139,11 +139,13 @@ def field_spec(name: str) -> FieldSpec | None:
     return None
 
 
+@lru_cache(maxsize=65536)
 def day_start(day: str) -> int:
     """Microseconds at 00:00 UTC of ``YYYY-MM-DD``."""
     return (dt.date.fromisoformat(day).toordinal() - _EPOCH_ORDINAL) * MICROS_PER_DAY
 
 
+@lru_cache(maxsize=65536)
 def _shift(day: str, days: int) -> str:
     return (dt.date.fromisoformat(day) + dt.timedelta(days=days)).isoformat()
 
@@ -191,6 +193,8 @@ class Fields:
         self.today = day_of(now)
         self._merged: dict[str, Any] | None = None
         self._values: dict[str, Any] = {}
+        self._counts: dict[str, dict[str, float]] = {}
+        self._changes: dict[str, int | None] = {}
 
     @property
     def merged(self) -> dict[str, Any]:
@@ -230,12 +234,16 @@ class Fields:
         return max(found, key=lambda entry: (entry["at"], entry["event"])) if found else None
 
     def _days(self, family: str) -> dict[str, float]:
-        table, column, scale = FAMILIES[family]
-        return {
-            day: values[column] * scale
-            for day, values in (self.facts.get(table) or {}).items()
-            if values[column]
-        }
+        """Day -> the family's non-zero count that day (computed once per evaluation)."""
+        counts = self._counts.get(family)
+        if counts is None:
+            table, column, scale = FAMILIES[family]
+            counts = self._counts[family] = {
+                day: values[column] * scale
+                for day, values in (self.facts.get(table) or {}).items()
+                if values[column]
+            }
+        return counts
 
     def family(self, family: str, kind: str) -> Any:
         days = self._days(family)
@@ -274,6 +282,12 @@ class Fields:
 
     def next_change(self, name: str) -> int | None:
         """When the value of ``name`` next changes with time alone (after ``now``), or None."""
+        if name in self._changes:
+            return self._changes[name]
+        self._changes[name] = change = self._next_change(name)
+        return change
+
+    def _next_change(self, name: str) -> int | None:
         spec = field_spec(name)
         if spec is None or not spec.changes_with_time:
             return None

@@ -181,6 +181,17 @@ class Node:
 Condition = Node | Leaf
 
 
+def holds(condition: Condition, fields: Fields) -> bool:
+    """Whether ``condition`` holds (short-circuit; no reasons: most evaluations change nothing)."""
+    if isinstance(condition, Leaf):
+        return condition.holds(fields)
+    if condition.kind == "not":
+        return not holds(condition.children[0], fields)
+    if condition.kind == "any":
+        return any(holds(child, fields) for child in condition.children)
+    return all(holds(child, fields) for child in condition.children)
+
+
 def evaluate(condition: Condition, fields: Fields) -> tuple[bool, list[str]]:
     """Whether ``condition`` holds, and the tests that decided it, described with their values."""
     if isinstance(condition, Leaf):
