@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/identity.py
 	$(BIN)/python bench/matching.py
 	$(BIN)/python bench/segments.py --profiles 100000
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) patron-data
