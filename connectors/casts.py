@@ -118,7 +118,10 @@ def to_timestamp(value: Any, fmt: str | None, zone: tzinfo) -> datetime:
                     ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is valid ISO 8601 but before year 1 in UTC
+        raise CastError(f"{_short(value)} is out of range once converted to UTC") from None
 
 
 def _from_epoch(number: float) -> datetime:

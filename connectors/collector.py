@@ -65,6 +65,8 @@ MAX_PENDING_REQUESTS = 1000
 SINGLE_CALLS = ("track", "identify", "page", "screen", "group", "alias")
 BATCH_FIELDS = frozenset({"batch", "sentAt", "writeKey", "context", "integrations", "_metadata"})
 EXTERNAL_ID_TRAITS_ENV = "PATRON_EXTERNAL_ID_TRAITS"
+TOO_DEEP = "message nests objects/arrays more than 254 levels deep; flatten it"
+"""JSON parsing allows 1024 levels but encoding a message again (its raw bytes, event id) allows 254."""
 
 logger = logging.getLogger("patron.collector")
 
@@ -306,8 +308,6 @@ async def _read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
     nor a gzip bomb can exhaust memory; the part read is what the dead letter keeps.
     """
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip"):
-        return b"", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding"
     compressed = encoding != "identity"
     cap = limit + GZIP_SLACK if compressed else limit
     chunks: list[bytes] = []
@@ -320,6 +320,8 @@ async def _read_body(request: Request, limit: int) -> tuple[bytes, str | None]:
                 :cap
             ], f"request body is over the {limit // 1024} KB limit; {_split_hint(limit)}"
     raw = b"".join(chunks)
+    if encoding not in ("identity", "gzip", "x-gzip"):  # read anyway: the dead letter keeps the bytes
+        return raw, f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding"
     if not raw:
         return raw, "request body is empty"
     if not compressed:
@@ -353,6 +355,10 @@ def _candidates(
         kind = body.setdefault("type", call)
         if kind != call:
             return [], f"type: a {kind!r} message was sent to /v1/{call}; send it to /v1/{kind} or /v1/batch"
+        try:
+            orjson.dumps(body)  # what the writer does with it (event id, free-form maps) must not fail there
+        except orjson.JSONEncodeError:
+            return [], TOO_DEEP
         return [Candidate(0, raw, body)], None
     unknown = sorted(set(body) - BATCH_FIELDS)
     if unknown:
@@ -366,12 +372,15 @@ def _candidates(
     shared = body.get("context") or {}
     if not isinstance(shared, dict):
         return [], "context: the batch-level context must be a JSON object"
-    return [_candidate(i, message, shared, key) for i, message in enumerate(messages)], None
+    return [_candidate(i, message, shared, key, raw) for i, message in enumerate(messages)], None
 
 
-def _candidate(index: int, message: Any, shared: dict[str, Any], key: str | None) -> Candidate:
+def _candidate(index: int, message: Any, shared: dict[str, Any], key: str | None, body: bytes) -> Candidate:
     """One batch message, with the batch-level context under its own; size and key checked."""
-    raw = orjson.dumps(message)
+    try:
+        raw = orjson.dumps(message)
+    except orjson.JSONEncodeError:  # its own bytes cannot be rebuilt, so the letter keeps the whole body
+        return Candidate(index, body, error=TOO_DEEP)
     if len(raw) > MESSAGE_LIMIT:
         return Candidate(
             index, raw, error=f"message is {len(raw)} bytes, over Segment's 32 KB limit per message"

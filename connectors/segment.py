@@ -218,7 +218,7 @@ def segment_to_events(
     if not isinstance(message, dict):
         raise SegmentError(f"a message must be a JSON object, got {_kind(message)}")
     kind = message.get("type")
-    if kind not in TYPE_FIELDS:
+    if not isinstance(kind, str) or kind not in TYPE_FIELDS:  # a list or object is unhashable
         raise SegmentError(
             f"type: {kind!r} is not a Segment message type; use one of {', '.join(MESSAGE_TYPES)}"
         )
@@ -304,7 +304,10 @@ def _time(value: Any, name: str) -> datetime | None:
         raise SegmentError(
             f"{name}: {value[:40]!r} is not an ISO-8601 time (e.g. 2024-05-17T09:30:12.345Z)"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a valid ISO time whose UTC is before year 1
+        raise SegmentError(f"{name}: {value[:40]!r} is out of range once converted to UTC") from None
 
 
 def _identifiers(
