@@ -92,6 +92,10 @@ def _event_id_text(raw: bytes | str | None) -> str | None:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+WRITES_POLL_S = 0.002
+"""How often :meth:`LocalLog.wait_for_writes` checks for another connection's commit."""
+
+
 class LocalLog:
     """An :class:`~patron.streams.log.EventLog` in ``DIR/log.db``.
 
@@ -267,6 +271,27 @@ class LocalLog:
             )
         )
         return positions
+
+    def wait_for_writes(self, timeout: float, stop: threading.Event, poll: float = WRITES_POLL_S) -> bool:
+        """Wait until another connection commits to the log (True), ``timeout`` passes or ``stop`` is
+        set (False).
+
+        Why: a follower that slept a fixed interval between empty reads added half that interval to
+        every event's latency; SQLite's ``data_version`` tells, for the price of one tiny query, that
+        some other connection (another process, e.g. the collector) has committed, so the follower
+        reads again within ``poll`` seconds of the write instead.
+        """
+        version = self._data_version()
+        deadline = time.monotonic() + timeout
+        while not stop.wait(min(poll, max(0.0, deadline - time.monotonic()))):
+            if self._data_version() != version:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
+
+    def _data_version(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -47,7 +47,8 @@ from patron.streams.processor import Emit, Prefetching, Processor, Timed
 from patron.streams.state import DEFAULT_CACHE_SIZE, SqliteStore, store_name
 
 DEFAULT_BATCH_SIZE = 500
-IDLE_SLEEP_S = 0.05
+IDLE_SLEEP_S = 0.5
+"""The longest a following run waits when nothing is new; another process's write wakes it at once."""
 TIMER_INTERVAL_S = 10.0
 """How often ``run(follow=True)`` asks timed processors for records due (see ``Timed``)."""
 DECODED_CACHE_SIZE = 50_000
@@ -261,7 +262,7 @@ class LocalRunner:
                         if self.tick(clock()):
                             continue  # time moved windows while catching up: process those too
                         break
-                    stop.wait(idle_sleep)
+                    self.log.wait_for_writes(idle_sleep, stop)
         return self.stats
 
     def tick(self, now: float) -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +251,46 @@ def test_killing_a_writer_loses_no_acknowledged_batch_and_tears_no_record(data_d
         missing = [eid for eid in acknowledged if eid not in present]
         assert not missing, f"acknowledged events lost after SIGKILL: {missing[:3]}"
         log.close()
+
+
+def test_wait_for_writes_wakes_on_another_connections_commit(tmp_path: Path) -> None:
+    """A follower waiting for new records returns as soon as another connection commits, and only then."""
+    log = LocalLog(tmp_path)
+    log.ensure_topic("t", 1)
+    stop = threading.Event()
+    assert log.wait_for_writes(0.05, stop) is False  # nobody wrote: the timeout passes
+
+    def write_later() -> None:
+        time.sleep(0.1)
+        other = LocalLog(tmp_path)
+        other.append("t", [Message(key=b"k", event_id=None, value=b"v", timestamp_ms=1)])
+        other.close()
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    assert log.wait_for_writes(30, stop) is True
+    writer.join()
+    assert log.end_offsets("t") == {0: 1}
+    stop.set()
+    assert log.wait_for_writes(30, stop) is False  # stopping ends the wait
+
+
+def test_a_writer_waits_for_the_lock_and_gives_up_with_the_sqlite_error(tmp_path: Path) -> None:
+    """Writers poll for the write lock (not SQLite's 100 ms back-off) and still give up after the wait."""
+    log = LocalLog(tmp_path)
+    log.ensure_topic("t", 1)
+    holder = sqlite3.connect(tmp_path / "log.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.2, lambda: holder.execute("COMMIT"))
+    release.start()
+    log.append("t", [Message(key=b"k", event_id=None, value=b"1", timestamp_ms=1)])  # waits, then writes
+    release.join()
+    assert log.end_offsets("t") == {0: 1}
+    assert log.db.execute("PRAGMA busy_timeout").fetchone()[0] == 60000  # restored after the wait
+
+    log.db.execute("PRAGMA busy_timeout=100")  # the connection's own wait bounds the polling
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        log.append("t", [Message(key=b"k", event_id=None, value=b"2", timestamp_ms=1)])
+    holder.execute("ROLLBACK")
+    assert log.end_offsets("t") == {0: 1}
