@@ -25,10 +25,8 @@ import argparse
 import io
 import itertools
 import os
-import platform
 import resource
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,7 +35,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from patron.machine import describe
 
 BATCH = 2000  # events per durable append: `patron ingest`'s default --batch-size
 BIG_BATCH = 10_000  # the same pipeline with fewer, larger commits
@@ -299,29 +298,12 @@ def generate(out: Path, events: int) -> None:
 
 
 def machine() -> dict[str, str]:
-    """What the numbers depend on: CPUs, CPU model, RAM, Python, package versions, load."""
-    model = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = "unknown"
-    with open("/proc/meminfo", encoding="utf-8") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+    """What the numbers depend on (patron.machine), plus librdkafka's version."""
     import confluent_kafka
 
-    packages = ", ".join(f"{name} {version(name)}" for name in PACKAGES)
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "ram": ram,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "packages": f"{packages}, librdkafka {confluent_kafka.libversion()[0]}, SQLite {sqlite3.sqlite_version}",
-    }
+    info = describe(PACKAGES)
+    info["packages"] += f", librdkafka {confluent_kafka.libversion()[0]}"
+    return info
 
 
 # -- report -------------------------------------------------------------------------------------

