@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import Progress, TimeRemainingColumn
 from rich.table import Table
 
-from patron.cli.output import console, err_console, settings_of, transient_progress
+from patron.cli.output import console, err_console, parse_time, settings_of, transient_progress
 from patron.config import ConfigError, Settings
 from patron.errors import EXIT_INVALID, PatronError, Unavailable
 from patron.events.codec import EventCodec, WireFormatError
@@ -149,18 +149,7 @@ def _check_types(types: list[str] | None, catalogue: Catalogue) -> set[str]:
 
 def _parse_time(value: str | None, option: str) -> int | None:
     """An ISO 8601 time as epoch milliseconds (naive times are UTC)."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise PatronError(
-            f"{option} {value!r} is not an ISO 8601 time; use e.g. 2024-05-01 or 2024-05-01T12:00:00Z",
-            EXIT_INVALID,
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    return None if value is None else int(parse_time(value, option).timestamp() * 1000)
 
 
 def _json_line(event: dict[str, Any]) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -53,3 +55,15 @@ def transient_progress(label: str = "{task.description}", *columns: ProgressColu
         transient=True,
         disable=not err_console.is_terminal,
     )
+
+
+def parse_time(value: str, option: str) -> datetime:
+    """A time option in ISO 8601 (a time without zone is UTC), or one line saying how to write it."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise PatronError(
+            f"{option} {value!r} is not an ISO 8601 time; write e.g. 2026-03-31 or 2026-03-31T12:00:00Z",
+            EXIT_INVALID,
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -27,7 +27,7 @@ from rapidfuzz import process
 from rich.markup import escape
 from rich.table import Table
 
-from patron.cli.output import console, settings_of, transient_progress
+from patron.cli.output import console, parse_time, settings_of, transient_progress
 from patron.config import Settings
 from patron.errors import EXIT_INVALID, PatronError
 from patron.events.codec import EventCodec
@@ -264,16 +264,7 @@ def parse_at(text: str | None) -> int:
     """``--at`` in microseconds since the epoch (ISO 8601; a time without zone is UTC; default now)."""
     if text is None:
         return int(time.time() * 1_000_000)
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise PatronError(
-            f"--at {text!r} is not an ISO 8601 time: write e.g. 2026-03-31 or 2026-03-31T12:00:00Z",
-            EXIT_INVALID,
-        ) from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return int(at.timestamp() * 1_000_000)
+    return int(parse_time(text, "--at").timestamp() * 1_000_000)
 
 
 @app.command("preview")
