@@ -8,6 +8,14 @@ Tests share the broker, so each one uses its own topics (see ``unique_topic``).
 
 from __future__ import annotations
 
+import os
+
+# pytest-xdist starts its workers with COLUMNS=80, and rich fixes a console's width from COLUMNS when
+# the console is created (at import): the CLI's tables would then be cut at 80 columns in some
+# workers and not in others. Tests that need a width set COLUMNS themselves, as a terminal would.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 import shutil
 import socket
 import subprocess

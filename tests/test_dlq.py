@@ -57,7 +57,7 @@ def test_ingest_with_a_broken_mapping_fix_it_replay_and_every_letter_resolves_on
     assert letters[0]["reason"] == (
         "column 'ordered_at' (occurred_at): '17.05.2024 09:30' does not match the timestamp format '%Y-%m-%d %H:%M'"
     )
-    shown = patron(data_dir, "dlq", "show", letters[0]["id"][:8])
+    shown = patron(data_dir, "dlq", "show", letters[0]["id"][:8], env={"COLUMNS": "300"})  # long paths
     assert shown.returncode == 0, shown.stderr
     assert "O-1,17.05.2024 09:30,ann@example.com,19.90" in shown.stdout  # the raw row
     assert "does not match the timestamp format" in shown.stdout
