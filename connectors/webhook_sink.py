@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -164,6 +165,39 @@ def _retryable_status(status: int) -> bool:
     return status >= 500 or status in RETRIED_4XX
 
 
+class _RetryAfterOrBackoff:
+    """Tenacity's wait: the receiver's ``Retry-After`` (seconds or an HTTP date) when its last answer
+    had one, else ``backoff``; never longer than ``BACKOFF_CAP``. A receiver that says when it can
+    take more (429, 503) is not hammered earlier, and not left waiting longer than it asked."""
+
+    def __init__(self, backoff: Callable[[RetryCallState], float]):
+        self.backoff = backoff
+
+    def __call__(self, state: RetryCallState) -> float:
+        outcome = state.outcome
+        if outcome is not None and not outcome.failed:
+            asked = retry_after_seconds(outcome.result().headers.get("retry-after"))
+            if asked is not None:
+                return min(asked, BACKOFF_CAP)
+        return self.backoff(state)
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds from ``now``; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
 def _last_outcome(state: RetryCallState) -> httpx.Response | BaseException | None:
     """What tenacity hands back when it gives up: the last response, or the last transport error."""
     outcome = state.outcome
@@ -175,7 +209,8 @@ def _last_outcome(state: RetryCallState) -> httpx.Response | BaseException | Non
 class WebhookClient:
     """POSTs bodies to one URL with retries: exponential backoff with jitter, capped at ``BACKOFF_CAP``.
 
-    Retried: connection errors, timeouts, 5xx, 408 and 429. Anything else ends the delivery at once:
+    Retried: connection errors, timeouts, 5xx, 408 and 429 (after the receiver's ``Retry-After``
+    when it sends one). Anything else ends the delivery at once:
     2xx is success, other 3xx/4xx are a permanent refusal that another attempt would repeat.
     ``stop`` ends the waiting between attempts early (shutdown); the delivery then counts as undone.
     """
@@ -213,7 +248,9 @@ class WebhookClient:
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts) | stop_when_event_set(self.stop),
-            wait=wait_exponential_jitter(multiplier=self.backoff, max=BACKOFF_CAP, jitter=self.backoff),
+            wait=_RetryAfterOrBackoff(
+                wait_exponential_jitter(multiplier=self.backoff, max=BACKOFF_CAP, jitter=self.backoff)
+            ),
             retry=retry_if_exception_type(httpx.TransportError)
             | retry_if_result(lambda response: _retryable_status(response.status_code)),
             sleep=self.stop.wait,

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from patron.connectors.webhook_sink import (
     Selection,
     WebhookClient,
     WebhookSink,
+    retry_after_seconds,
     webhook_body,
 )
 from patron.errors import EXIT_INVALID, EXIT_UNAVAILABLE
@@ -454,3 +456,38 @@ def test_the_documented_consumer_example_reads_segment_changes_from_kafka(
         assert line["profile_id"] == sent["payload"]["profile_id"]
         assert line["event_type"] == sent["envelope"]["event_type"]
         assert line["segment"] == "at-risk-no-email" and line["channels"] == ["email"]
+
+
+def test_retry_after_is_honoured_and_parsed_in_both_forms() -> None:
+    """A 429 with ``Retry-After: 1`` delays the next attempt by that second, not by the tiny backoff."""
+    attempts: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            attempts.append(time.monotonic())
+            self.send_response(429 if len(attempts) == 1 else 200)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    client = WebhookClient(f"http://127.0.0.1:{server.server_address[1]}/", backoff=0.01, max_attempts=3)
+    try:
+        result = client.post(b"{}", "id-1", "segment_entered")
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+    assert (result.count, result.status) == (2, 200)
+    assert attempts[1] - attempts[0] >= 0.95  # the backoff alone would have waited about 0.01-0.02 s
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 00:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Wed, 31 Dec 2025 23:00:00 GMT", now) == 0.0  # in the past: at once
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
