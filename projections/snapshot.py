@@ -49,6 +49,7 @@ from patron.projections.fact_tables import (
     stored_profiles,
     tables_from_profiles,
 )
+from patron.projections.pii import hash_secret, write_masked
 from patron.projections.profile_export import export_profiles
 from patron.projections.profile_processor import ProfileProcessor
 from patron.projections.profile_rules import load_profile_rules
@@ -417,6 +418,7 @@ def _take(
                     stored_profiles(log) if isinstance(log, LocalLog) else changelog_profiles(log, app_id)
                 )
                 export_profiles(states, directory, plan)
+                write_masked(directory, hash_secret(settings.data_dir), plan, codec.catalogue)
                 advance("segment membership")
                 membership = segment_membership(log, app_id)
             derived: dict[str, pa.Table] = {}

@@ -3,8 +3,10 @@
 Every table of the snapshot becomes a VIEW over its Parquet file, the KPI views of ``kpis.sql`` are
 created over them, and only then is the connection locked down:
 
-* ``allowed_directories`` = the snapshot directory, then ``enable_external_access = false``: DuckDB
-  reads files only inside the snapshot (the views need that; without it they fail too), so
+* ``allowed_paths`` = the Parquet files the views read (for the *pii* role: ``allowed_directories`` =
+  the snapshot directory), then ``enable_external_access = false``: DuckDB reads only those files
+  (the views need them; without them they fail too) -- an analyst reaches personal data only as the
+  keyed hashes of ``masked/`` (see ``patron.projections.pii``), so
   ``read_csv('/etc/passwd')``, ``read_parquet`` elsewhere, ``glob``, ``ATTACH`` and ``INSTALL``/``LOAD``
   are refused by DuckDB itself;
 * extension auto-loading off and ``lock_configuration = true``: no ``SET`` can undo the above;
@@ -29,6 +31,7 @@ import duckdb
 import pyarrow as pa
 
 from patron.errors import EXIT_INVALID, EXIT_REFUSED, PatronError
+from patron.projections.pii import ANALYST, MASKED_DIR, PII, PII_TABLES
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a query may run (``patron sql --timeout``, ``PATRON_SQL_TIMEOUT``)."""
@@ -94,6 +97,11 @@ def check_query(sql: str) -> list[duckdb.Statement]:
     return statements
 
 
+def _literal(path: Path | str) -> str:
+    """``path`` as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _one_line(exc: BaseException) -> str:
     """DuckDB's message without its caret diagram: the first line, plus the hint line when present."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -108,10 +116,14 @@ class SqlSession:
 
     snapshot_dir: Path
     timeout: float = DEFAULT_TIMEOUT
+    role: str = ANALYST
+    """``analyst``: personal data only as keyed hashes (``masked/``); ``pii``: the raw tables too.
+    Check the caller holds the role first (``patron.projections.pii.check_role``)."""
     tables: list[str] = field(default_factory=list)
     kpi_views: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
-    """KPI views that could not be created over this snapshot (a table they need is missing), and why."""
+    """Tables and KPI views this session cannot serve (a table a view needs is missing, or no masked
+    copy of a personal-data table exists for this role), and why."""
 
     def __post_init__(self) -> None:
         self.snapshot_dir = self.snapshot_dir.resolve()
@@ -119,20 +131,44 @@ class SqlSession:
         self.con.execute("SET TimeZone = 'UTC'")
         # DuckDB draws a progress bar on stdout for slow queries, which would corrupt csv/json output.
         self.con.execute("SET enable_progress_bar = false")
-        for parquet in sorted(self.snapshot_dir.glob("*.parquet")):
-            path = str(parquet).replace("'", "''")
-            self.con.execute(f"CREATE VIEW \"{parquet.stem}\" AS SELECT * FROM read_parquet('{path}')")
-            self.tables.append(parquet.stem)
+        files = self._files()
+        for name, parquet in files.items():
+            self.con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({_literal(parquet)})')
+            self.tables.append(name)
         self._create_kpi_views()
-        directory = str(self.snapshot_dir).replace("'", "''")
+        if self.role == PII:
+            allowed = f"SET allowed_directories = [{_literal(f'{self.snapshot_dir}/')}]"
+        else:  # only the files above: not the raw personal data beside them, nor any other file
+            allowed = f"SET allowed_paths = [{', '.join(_literal(p) for p in files.values())}]"
         for setting in (
-            f"SET allowed_directories = ['{directory}/']",
+            allowed,
             "SET enable_external_access = false",
             "SET autoinstall_known_extensions = false",
             "SET autoload_known_extensions = false",
             "SET lock_configuration = true",
         ):
             self.con.execute(setting)
+
+    def _files(self) -> dict[str, Path]:
+        """Table name -> the Parquet file this role reads it from. An analyst reads the personal-data
+        tables masked; a snapshot written before masking existed has no masked copies, so an analyst
+        does not get those tables there at all (``unavailable`` says why)."""
+        files = {parquet.stem: parquet for parquet in sorted(self.snapshot_dir.glob("*.parquet"))}
+        if self.role == PII:
+            return files
+        for name in PII_TABLES:
+            if name not in files:
+                continue
+            masked = self.snapshot_dir / MASKED_DIR / f"{name}.parquet"
+            if masked.exists():
+                files[name] = masked
+            else:
+                del files[name]
+                self.unavailable[name] = (
+                    "this snapshot has no masked copy of its personal data; take a new snapshot "
+                    "(or use the pii role)"
+                )
+        return files
 
     def _create_kpi_views(self) -> None:
         for statement in duckdb.extract_statements(kpi_sql()):

@@ -25,7 +25,9 @@ def consent(at_minutes: int, who: dict, purpose: str, channel: str, granted: boo
     return event(at, "consent_changed", who, purpose=purpose, channel=channel, granted=granted, method=method)
 
 
-def test_consent_show_gives_the_deciding_entry_per_purpose_and_channel_and_the_history(tmp_path: Path) -> None:
+def test_consent_show_gives_the_deciding_entry_per_purpose_and_channel_and_the_history(
+    tmp_path: Path,
+) -> None:
     events = [
         consent(0, ANA, "marketing", "all", True, "signup"),
         consent(5, ANA, "marketing", "sms", False, "preference_centre"),

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from patron.cli.output import console, err_console, settings_of
 from patron.errors import EXIT_INVALID, PatronError
+from patron.projections.pii import ANALYST, check_role
 from patron.projections.snapshot import snapshot_path, snapshots_root
 from patron.projections.sql import DEFAULT_TIMEOUT, ShellBuffer, SqlSession
 
@@ -131,10 +132,18 @@ def sql(
     timeout: float = typer.Option(
         DEFAULT_TIMEOUT, "--timeout", envvar="PATRON_SQL_TIMEOUT", min=0.01, help="Seconds a query may run."
     ),
+    role: str = typer.Option(
+        ANALYST,
+        "--role",
+        envvar="PATRON_SQL_ROLE",
+        help="analyst: personal data as keyed hashes; pii: raw values (granted in DATA/access.yaml).",
+    ),
 ) -> None:
     """Query the snapshot with DuckDB SQL (read-only: SELECT, WITH, DESCRIBE, SHOW, EXPLAIN)."""
-    directory = snapshot_path(snapshots_root(settings_of(ctx)), snapshot)
-    session = SqlSession(directory, timeout=timeout)
+    settings = settings_of(ctx)
+    checked = check_role(role, settings.data_dir)
+    directory = snapshot_path(snapshots_root(settings), snapshot)
+    session = SqlSession(directory, timeout=timeout, role=checked)
     try:
         if query is not None:
             write_result(session.query(query), fmt, out)
