@@ -25,8 +25,6 @@ operating-system users by the operator in ``DATA/access.yaml``::
 from __future__ import annotations
 
 import getpass
-import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ import yaml
 from patron.errors import EXIT_INVALID, EXIT_REFUSED, PatronError
 from patron.projections.profile_rules import ProfilePlan, TraitSource
 from patron.schemas.catalogue import Catalogue
+from patron.secret_file import secret_file
 
 ANALYST = "analyst"
 PII = "pii"
@@ -97,21 +96,10 @@ def _is_personal(path: str, event_type: str | None, catalogue: Catalogue) -> boo
 # -- the secret and the hash --------------------------------------------------------------------
 def hash_secret(data_dir: Path) -> str:
     """The installation's hashing secret (hex), created on first use readable by its owner only."""
-    path = data_dir / SECRET_FILE
     try:
-        return path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return path.read_text(encoding="ascii").strip()
-    with os.fdopen(descriptor, "w", encoding="ascii") as out:
-        out.write(secrets.token_hex(32))
-        out.flush()
-        os.fsync(out.fileno())
-    return path.read_text(encoding="ascii").strip()
+        return secret_file(data_dir / SECRET_FILE).hex()
+    except ValueError as exc:
+        raise PatronError(str(exc), EXIT_INVALID) from None
 
 
 TRAIT_TEXT = "coalesce(json_extract_string(e.value, '$'), e.value)"

@@ -170,7 +170,7 @@ def test_the_raw_files_and_the_secret_are_out_of_an_analysts_reach(data_dir: Pat
         with pytest.raises(PatronError) as refused:
             session.query(sql.format(snapshot=snapshot, data=data_dir, secret=SECRET_FILE, masked=MASKED_DIR))
         assert refused.value.exit_code == EXIT_REFUSED
-        secret = (data_dir / SECRET_FILE).read_text().strip()
+        secret = (data_dir / SECRET_FILE).read_bytes().hex()
         catalogue = str(session.query("SELECT sql FROM duckdb_views()").to_pylist())
         catalogue += str(session.query("SELECT * FROM duckdb_settings()").to_pylist())
         assert secret not in catalogue
