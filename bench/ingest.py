@@ -162,15 +162,14 @@ def measure_stages(data: Path, work: Path) -> list[Row]:
     import fastavro
 
     from patron.config import Settings
-    from patron.events.codec import EventCodec
+    from patron.events.codec import open_codec
     from patron.schemas.catalogue import default_catalogue
-    from patron.schemas.open import open_registry
     from patron.streams.backends import open_log
     from patron.streams.log import EVENTS_TOPIC
 
     settings = Settings.load(data_dir=work)
     log = open_log(settings)
-    codec = EventCodec(open_registry(settings))
+    codec = open_codec(settings)
     catalogue = default_catalogue()
     clock = Clock()
     for stream, records in _chunks(data, clock):
@@ -219,8 +218,7 @@ def measure_pipeline(data: Path, work: Path, broker: str | None = None, batch: i
     from patron.config import Settings
     from patron.connectors.file_ingest import CONNECTOR_NAME, FileConnector
     from patron.connectors.runner import run_stream
-    from patron.events.codec import EventCodec
-    from patron.schemas.open import open_registry
+    from patron.events.codec import open_codec
     from patron.streams.backends import open_log
     from patron.streams.log import DEAD_LETTER_TOPIC, EVENTS_TOPIC
 
@@ -228,7 +226,7 @@ def measure_pipeline(data: Path, work: Path, broker: str | None = None, batch: i
     log = open_log(settings)
     for topic in (EVENTS_TOPIC, DEAD_LETTER_TOPIC):
         log.ensure_topic(topic)  # exists in any real deployment; not part of the rate
-    codec = EventCodec(open_registry(settings))
+    codec = open_codec(settings)
     wall, cpu = time.perf_counter(), time.process_time()
     connector = FileConnector()
     totals = {"read": 0, "accepted": 0, "rejected": 0, "duplicates": 0}

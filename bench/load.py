@@ -376,9 +376,8 @@ def writer_steps(requests: int, batch: int, group: int) -> list[tuple[str, float
     from patron.config import Settings
     from patron.connectors import collector
     from patron.connectors.segment import segment_to_events
-    from patron.events.codec import EventCodec
+    from patron.events.codec import open_codec
     from patron.events.models import validate_event
-    from patron.schemas.open import open_registry
     from patron.streams.backends import open_log
     from patron.streams.log import DEAD_LETTER_TOPIC, EVENTS_TOPIC
 
@@ -407,7 +406,7 @@ def writer_steps(requests: int, batch: int, group: int) -> list[tuple[str, float
             log = open_log(settings)
             for topic in (EVENTS_TOPIC, DEAD_LETTER_TOPIC):
                 log.ensure_topic(topic)
-            codec = EventCodec(open_registry(settings))
+            codec = open_codec(settings)
             for event_type in codec.catalogue.event_types():
                 codec.schema_id(event_type)
             logs.append((log, codec))

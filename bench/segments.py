@@ -309,8 +309,7 @@ def measure_evaluation(profiles: int, changed: float, seed: int = 5) -> dict[str
 def serve_runner(data_dir: Path, idle_sleep: float, timer_interval: float) -> None:
     """The child of the latency measurement: ``patron run --follow``'s runner until SIGTERM."""
     from patron.config import Settings
-    from patron.events.codec import EventCodec
-    from patron.schemas.open import open_registry
+    from patron.events.codec import open_codec
     from patron.streams.local_log import LocalLog
     from patron.streams.local_runner import LocalRunner
     from patron.streams.topology import default_processors
@@ -319,7 +318,7 @@ def serve_runner(data_dir: Path, idle_sleep: float, timer_interval: float) -> No
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    runner = LocalRunner(log, EventCodec(open_registry(settings)), default_processors(settings))
+    runner = LocalRunner(log, open_codec(settings), default_processors(settings))
     print("started", flush=True)
     runner.run(follow=True, stop=stop, idle_sleep=idle_sleep, timer_interval=timer_interval)
     log.close()

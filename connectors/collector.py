@@ -46,8 +46,7 @@ from patron.config import Settings
 from patron.connectors.pipeline import Ingestor
 from patron.connectors.segment import SegmentError, segment_to_events
 from patron.connectors.write_keys import WriteKeyStore
-from patron.events.codec import EventCodec
-from patron.schemas.open import open_registry
+from patron.events.codec import EventCodec, open_codec
 from patron.streams.backends import open_log
 from patron.streams.log import DEAD_LETTER_TOPIC, EVENTS_TOPIC, EventLog
 
@@ -210,7 +209,7 @@ class Collector:
         for topic in (EVENTS_TOPIC, DEAD_LETTER_TOPIC):
             self.log.ensure_topic(topic)
         self.keys = WriteKeyStore(settings.path("write_keys.db"))
-        codec = EventCodec(open_registry(settings))
+        codec = open_codec(settings)
         for event_type in codec.catalogue.event_types():
             codec.schema_id(event_type)  # registry I/O now, so that requests never wait on (or fail by) it
         self.writer = GroupCommitWriter(self.log, codec, external_id_traits)

@@ -129,7 +129,7 @@ class LetterStatus:
         return self.last_failure.reason if self.last_failure is not None else self.letter.reason
 
 
-def _decode(data: bytes) -> DeadLetter | Resolution | ReplayFailure:
+def decode_entry(data: bytes) -> DeadLetter | Resolution | ReplayFailure:
     body = orjson.loads(data)
     kind = body.get("kind")
     if kind == Resolution.kind:
@@ -180,7 +180,7 @@ class DeadLetterStore:
 
     def _records(self) -> Iterator[DeadLetter | Resolution | ReplayFailure]:
         for record in scan(self.log, DEAD_LETTER_TOPIC):
-            yield _decode(record.value)
+            yield decode_entry(record.value)
 
     def __iter__(self) -> Iterator[DeadLetter]:
         """Every letter ever filed, resolved or not."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import fastavro
 
+from patron.config import Settings
+from patron.events.pii_crypto import PiiCipher
 from patron.events.routing import routing_key
 from patron.schemas.catalogue import Catalogue, default_catalogue
 from patron.schemas.registry import SchemaRegistry, schema_text
@@ -31,9 +33,13 @@ class WireFormatError(ValueError):
 class EventCodec:
     """Encodes and decodes event dicts (``{"envelope": ..., "payload": ...}``) for one registry."""
 
-    def __init__(self, registry: SchemaRegistry, catalogue: Catalogue | None = None):
+    def __init__(
+        self, registry: SchemaRegistry, catalogue: Catalogue | None = None, cipher: PiiCipher | None = None
+    ):
         self.registry = registry
         self.catalogue = catalogue or default_catalogue()
+        self.cipher = cipher
+        """Encrypts PII fields on encode and decrypts them on decode (``patron.events.pii_crypto``)."""
         self._ids: dict[str, int] = {}
         self._writers: dict[str, tuple[bytes, Any]] = {}
         self._readers: dict[int, tuple[Any, Any]] = {}
@@ -57,6 +63,8 @@ class EventCodec:
 
     def encode(self, event: dict[str, Any]) -> bytes:
         header, parsed = self._writer(event["envelope"]["event_type"])
+        if self.cipher is not None:
+            event = self.cipher.encrypt(event)
         out = io.BytesIO()
         out.write(header)
         fastavro.schemaless_writer(out, parsed, event)
@@ -90,7 +98,7 @@ class EventCodec:
         event = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size :]), writer, reader)
         envelope = event["envelope"]
         envelope["event_id"] = _canonical_uuid(envelope["event_id"])
-        return event
+        return event if self.cipher is None else self.cipher.decrypt(event)
 
     def event_type_of(self, data: bytes) -> str:
         """The event type of an encoded record, from its schema id alone (no body decode)."""
@@ -115,6 +123,17 @@ class EventCodec:
             found = self._readers[schema_id] = (writer, reader)
             self._names[schema_id] = event_type
         return found
+
+
+def open_codec(settings: Settings) -> EventCodec:
+    """The codec every Patron command uses: the configured registry, and PII encrypted under the data
+    directory's key store unless ``PATRON_PII_ENCRYPTION=off``."""
+    from patron.events.keystore import LocalKeyStore
+    from patron.schemas.open import open_registry
+
+    catalogue = default_catalogue()
+    cipher = PiiCipher(LocalKeyStore(settings.data_dir), catalogue) if settings.encrypt_pii else None
+    return EventCodec(open_registry(settings), catalogue, cipher)
 
 
 def _without_uuid_type(schema: Any) -> Any:

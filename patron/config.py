@@ -57,6 +57,8 @@ class Settings:
     compatibility: str
     segments_dir: Path
     """Segment and trigger definition files (``PATRON_SEGMENTS``, default ``<data dir>/segments``)."""
+    encrypt_pii: bool = True
+    """PII fields are encrypted per subject in the log (``PATRON_PII_ENCRYPTION=off`` disables it)."""
 
     @classmethod
     def load(
@@ -85,6 +87,7 @@ class Settings:
             partitions=n_partitions,
             compatibility=(compatibility or env.get("PATRON_COMPATIBILITY") or "BACKWARD").upper(),
             segments_dir=Path(env.get("PATRON_SEGMENTS") or resolved_dir / "segments"),
+            encrypt_pii=_switch("PATRON_PII_ENCRYPTION", env.get("PATRON_PII_ENCRYPTION", "on")),
         )
 
     def path(self, *parts: str) -> Path:
@@ -92,3 +95,13 @@ class Settings:
         target = self.data_dir.joinpath(*parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+
+def _switch(name: str, value: str) -> bool:
+    """An on/off environment setting."""
+    lowered = value.strip().lower()
+    if lowered in ("on", "1", "true", "yes"):
+        return True
+    if lowered in ("off", "0", "false", "no"):
+        return False
+    raise ConfigError(f"{name}={value!r}: use on or off")

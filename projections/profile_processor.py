@@ -51,7 +51,15 @@ from patron.projections.segments.timers import SEGMENT_TIMER_FIRED, due_timers, 
 from patron.projections.segments.topics import SEGMENTS_SOURCE
 from patron.streams.processor import Emit
 from patron.streams.state import scan_items
-from patron.streams.topology import IDENTITY_SOURCE, PROFILE_EVENTS_TOPIC, PROFILES_SOURCE, derived_event
+from patron.streams.topology import (
+    ERASURE_SOURCE,
+    IDENTITY_SOURCE,
+    PROFILE_EVENTS_TOPIC,
+    PROFILES_SOURCE,
+    derived_event,
+)
+
+ERASURE_REQUESTED = "erasure_requested"
 
 PROFILE_ABSORBED = "profile_absorbed"
 PROFILE_SCORED = "profile_scored"
@@ -160,9 +168,11 @@ class ProfileProcessor:
                 "records of that topic are keyed by profile id"
             )
         store = stores["profiles"]
+        envelope = event["envelope"]
+        if envelope["event_type"] == ERASURE_REQUESTED and envelope["source"] == ERASURE_SOURCE:
+            return self._erase(stores, key, event)
         handovers = _Handovers(event)
         profile = store.get(key)
-        envelope = event["envelope"]
         if profile is None and _for_segments(envelope):
             return []  # scores or a timer of a profile this stage does not hold (yet): nothing to evaluate
         if profile is not None and "merged_into" in profile:
@@ -181,6 +191,19 @@ class ProfileProcessor:
         if self.segments is not None:
             return handovers.emits + self._evaluate(stores, key, profile, survivor, event)
         return handovers.emits
+
+    def _erase(
+        self, stores: dict[str, MutableMapping[str, Any]], key: str, event: dict[str, Any]
+    ) -> list[Emit]:
+        """Forget profile ``key`` (GDPR erasure, see projections/erasure.py): its state, its wake-up, and
+        its segment memberships, each left with reason "erased" so marketing tools forget it too."""
+        stores["profiles"].pop(key, None)
+        if self.segments is None:
+            return []
+        state = stores["segments"].pop(key, None)
+        stores["wakes"].pop(key, None)
+        at = micros(event["envelope"]["received_at"])
+        return self.segments.leave_all(state, key, "erased", at, event["envelope"]["event_id"])
 
     def _evaluate(
         self,

@@ -401,8 +401,11 @@ class _Fold:
         self.by_header: dict[bytes, Any] = self.readers.by_header
         self.stats, self.columns, self.traits = RebuildStats(), _raw_columns(), {}
 
-    def _owner(self, identifiers: dict[str, Any]) -> int:
+    def _owner(self, identifiers: dict[str, Any], event_type: str) -> int:
         """The index of the profile holding the part of the anchor ``identifiers`` give."""
+        if self.codec.cipher is not None:  # read straight from the bytes: still encrypted
+            partial = {"event_type": event_type, "identifiers": identifiers}
+            identifiers = self.codec.cipher.decrypt({"envelope": partial})["envelope"]["identifiers"]
         anchor = anchor_of(identifiers, self.identity_plan)
         return UNANCHORED if anchor is None else self.owners.get(anchor, UNMAPPED)
 
@@ -423,12 +426,14 @@ class _Fold:
                 # the codec reads event ids as uuids: the same canonical text, the same failures
                 envelope = {"event_id": str(uuid.UUID(event_id.decode())), "event_type": reader.event_type}
                 event = {"envelope": envelope, "payload": payload}
+                if self.codec.cipher is not None:
+                    self.codec.cipher.decrypt(event)
             elif reader.mode == FULL:
                 event = self.codec.decode(value)
                 if layout is None:
                     envelope = event["envelope"]
                     at, source = micros(envelope["occurred_at"]), envelope["source"].encode()
-                    return reader, at, source, self._owner(envelope["identifiers"]), event
+                    return reader, at, source, self._owner(envelope["identifiers"], reader.event_type), event
                 start, end, at, source = layout.scan(value, HEADER_SIZE)
             else:
                 assert layout is not None
@@ -440,7 +445,7 @@ class _Fold:
                     reader.anchors.clear()
                 assert layout is not None
                 identifiers = fastavro.schemaless_reader(io.BytesIO(key), layout.identifiers, None)
-                pid = reader.anchors[key] = self._owner(identifiers)
+                pid = reader.anchors[key] = self._owner(identifiers, reader.event_type)
         except Exception:
             return None
         return reader, at, source, pid, event

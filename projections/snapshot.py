@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from patron.config import Settings
 from patron.errors import EXIT_INVALID, PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import EventCodec, open_codec
 from patron.projections import changes, clv, health, lifecycle, rfm
 from patron.projections.fact_tables import (
     FactTables,
@@ -56,7 +56,6 @@ from patron.projections.profile_rules import load_profile_rules
 from patron.projections.rebuild import rebuild as replay_log
 from patron.projections.segments.membership import MEMBERSHIP_SCHEMA, membership_rows
 from patron.projections.sql import SqlSession
-from patron.schemas.open import open_registry
 from patron.streams.backends import open_log
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, EventLog
@@ -400,7 +399,7 @@ def _take(
     plan = load_profile_rules().plan
     log = open_log(settings)
     try:
-        codec = EventCodec(open_registry(settings))
+        codec = open_codec(settings)
         try:
             with _one_read_view(log):
                 advance("fact tables" + (" (replaying the log)" if source == "rebuild" else ""))

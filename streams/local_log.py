@@ -272,6 +272,34 @@ class LocalLog:
         )
         return positions
 
+    def delete_records(self, topic: str, positions: list[tuple[int, int]]) -> int:
+        """Physically delete the records at ``positions`` (partition, offset) of ``topic``: the log's
+        only delete, for GDPR erasure of dead letters, whose raw payloads are stored in clear (events
+        are not deleted: their personal fields are crypto-shredded instead). The deleted bytes are
+        zeroed (``secure_delete``) and the write-ahead log truncated. Offsets are not reused."""
+        found = self._topic(topic)
+        if found is None or not positions:
+            return 0
+        deleted = 0
+        self.db.execute("PRAGMA secure_delete=ON")
+        try:
+            with self._write() as db:
+                for partition, offset in positions:
+                    deleted += db.execute(
+                        'DELETE FROM records WHERE topic_id = ? AND partition = ? AND "offset" = ?',
+                        (found[0], partition, offset),
+                    ).rowcount
+        finally:
+            self.db.execute("PRAGMA secure_delete=OFF")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def compact(self) -> None:
+        """Rewrite the database without free pages and truncate the write-ahead log, so no deleted
+        row (state of an erased person) survives in unused space (``VACUUM``; takes as long as a copy)."""
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def wait_for_writes(self, timeout: float, stop: threading.Event, poll: float = WRITES_POLL_S) -> bool:
         """Wait until another connection commits to the log (True), ``timeout`` passes or ``stop`` is
         set (False).

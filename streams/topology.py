@@ -28,6 +28,8 @@ PROFILE_EVENTS_TOPIC = "patron.profile-events"
 
 IDENTITY_SOURCE = "patron.identity"
 PROFILES_SOURCE = "patron.profiles"
+ERASURE_SOURCE = "patron-erasure"
+"""Source of the ``erasure_requested`` records `patron erase` appends (projections/erasure.py)."""
 OPERATOR_SOURCE = "operator"
 
 NO_CONTEXT: dict[str, Any] = {

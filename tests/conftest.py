@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from patron.events.codec import EventCodec
+from patron.config import Settings
+from patron.events.codec import EventCodec, open_codec
 from patron.schemas.registry import FileRegistry
 from patron.schemas.registry_server import create_app
 from patron.testing_broker import START_TIMEOUT, start_tansu
@@ -92,7 +93,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def codec(data_dir: Path) -> EventCodec:
     """A codec over the embedded registry in ``data_dir`` (the one the CLI opens for that directory)."""
-    return EventCodec(FileRegistry(data_dir / "registry.db"))
+    return open_codec(Settings.load(data_dir=data_dir))
 
 
 EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

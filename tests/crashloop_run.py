@@ -13,15 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from crashloop_topology import toy_processors
 
-from patron.events.codec import EventCodec
-from patron.schemas.registry import FileRegistry
+from patron.config import Settings
+from patron.events.codec import open_codec
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 
 
 def main(directory: str, batch_size: str) -> None:
     log = LocalLog(directory)
-    runner = LocalRunner(log, EventCodec(FileRegistry(Path(directory) / "registry.db")), toy_processors())
+    runner = LocalRunner(log, open_codec(Settings.load(data_dir=directory)), toy_processors())
     print("started", flush=True)
     runner.run(follow=True, batch_size=int(batch_size), idle_sleep=0.05)
 

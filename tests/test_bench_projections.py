@@ -13,11 +13,11 @@ from types import ModuleType
 import pyarrow.parquet as pq
 import pytest
 
-from patron.events.codec import EventCodec
+from patron.config import Settings
+from patron.events.codec import open_codec
 from patron.projections.clv import build_clv
 from patron.projections.rebuild import rebuild
 from patron.projections.rfm import build_rfm
-from patron.schemas.registry import FileRegistry
 from patron.streams.local_log import LocalLog
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "projections.py"
@@ -41,7 +41,7 @@ def test_rebuilt_rfm_and_clv_inputs_equal_pandas_and_lifetimes(bench: ModuleType
 
     log = LocalLog(data)
     try:
-        rebuilt = rebuild(log, EventCodec(FileRegistry(data / "registry.db")), workers=2)
+        rebuilt = rebuild(log, open_codec(Settings.load(data_dir=data)), workers=2)
     finally:
         log.close()
     assert rebuilt.stats.folded == rebuilt.stats.records == built["events"]

@@ -297,8 +297,10 @@ EXPECTED_TYPES = set(SAMPLES)
 
 ENVELOPE_PII = {
     "envelope.identifiers.user_id",
+    "envelope.identifiers.anonymous_id",
     "envelope.identifiers.email",
     "envelope.identifiers.phone",
+    "envelope.identifiers.device_id",
     "envelope.identifiers.external_ids",
     "envelope.context.ip",
 }

@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 
+from patron.config import Settings
 from patron.connectors.deadletter import DeadLetter, DeadLetterStore
 from patron.connectors.segment import message_event_id
 from patron.connectors.write_keys import WriteKeyStore
-from patron.events.codec import EventCodec
-from patron.schemas.registry import FileRegistry
+from patron.events.codec import EventCodec, open_codec
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, EventLog, scan
 
@@ -124,7 +124,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     key = keys.create("web")
     process, url, output = start_server(data_dir, external_id_trait="crm_id")
     log = LocalLog(data_dir)
-    codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+    codec = open_codec(Settings.load(data_dir=data_dir))
     try:
         yield Server(url, data_dir, key, keys, log, codec, process, output)
     finally:
@@ -476,7 +476,7 @@ def test_kafka_backend(kafka_bootstrap: str, tmp_path: Path) -> None:
         stop_server(process, output)
     log = KafkaLog(kafka_bootstrap)
     try:
-        codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        codec = open_codec(Settings.load(data_dir=data_dir))
         ids = {message_event_id(message, "shop") for message in batch[:2]}
         found = [codec.decode(r.value) for r in scan(log, EVENTS_TOPIC) if r.event_id in ids]
         letters = [

@@ -9,12 +9,12 @@ from pathlib import Path
 import orjson
 from test_ingest import cli, ingest, patron, stored_events, stored_letters, write
 
+from patron.config import Settings
 from patron.connectors.deadletter import DeadLetter, DeadLetterStore, ReplayFailure, Resolution
 from patron.connectors.pipeline import Ingestor
 from patron.connectors.replay import replay_letters
 from patron.connectors.segment import message_event_id
-from patron.events.codec import EventCodec
-from patron.schemas.registry import FileRegistry
+from patron.events.codec import open_codec
 from patron.streams.local_log import LocalLog
 
 ORDERS_CSV = """\
@@ -124,7 +124,7 @@ def collector_letters(data_dir: Path, messages: list[dict]) -> None:
     log = LocalLog(data_dir)
     try:
         ingestor = Ingestor(
-            log, EventCodec(FileRegistry(data_dir / "registry.db")), source="web", connector="segment"
+            log, open_codec(Settings.load(data_dir=data_dir)), source="web", connector="segment"
         )
         for index, message in enumerate(messages):
             ingestor.reject(
@@ -149,7 +149,7 @@ def test_collector_letters_replay_through_the_segment_mapping(data_dir):
     log = LocalLog(data_dir)
     try:
         outcomes = replay_letters(
-            list(DeadLetterStore(log)), log=log, codec=EventCodec(FileRegistry(data_dir / "registry.db"))
+            list(DeadLetterStore(log)), log=log, codec=open_codec(Settings.load(data_dir=data_dir))
         )
     finally:
         log.close()
@@ -168,7 +168,7 @@ def test_letters_of_a_connector_that_is_not_installed_stay_pending_with_the_reas
     try:
         DeadLetterStore(log).add([DeadLetter("erp", "sap-export", "dump.xml:record 3", "bad", b"<x/>")])
         [outcome] = replay_letters(
-            list(DeadLetterStore(log)), log=log, codec=EventCodec(FileRegistry(data_dir / "registry.db"))
+            list(DeadLetterStore(log)), log=log, codec=open_codec(Settings.load(data_dir=data_dir))
         )
     finally:
         log.close()

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from patron.events.codec import EventCodec
+from patron.config import Settings
+from patron.events.codec import open_codec
 from patron.events.models import validate_event
 from patron.identity.processor import merge_request, split_request
 from patron.projections.fact_tables import FactTables, incremental_tables
@@ -26,7 +27,6 @@ from patron.projections.facts import fold_facts, merge_facts, money
 from patron.projections.profile_rules import load_profile_rules
 from patron.projections.profiles import fold_event, merge_part, new_part
 from patron.projections.rebuild import rebuild
-from patron.schemas.registry import FileRegistry
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 from patron.streams.log import EVENTS_TOPIC, Message
@@ -122,7 +122,7 @@ class Pipeline:
 
     def __init__(self, data_dir: Path):
         self.log = LocalLog(data_dir)
-        self.codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        self.codec = open_codec(Settings.load(data_dir=data_dir))
         self.runner = LocalRunner(self.log, self.codec, default_processors())
 
     def feed(self, events: list[dict[str, Any]]) -> None:

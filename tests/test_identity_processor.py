@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from test_profiles import PLAN, event, micros
 
-from patron.events.codec import EventCodec
+from patron.config import Settings
+from patron.events.codec import open_codec
 from patron.identity.events import identity_event_id
 from patron.identity.processor import split_request
 from patron.projections.profiles import summary
-from patron.schemas.registry import FileRegistry
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 from patron.streams.log import EVENTS_TOPIC, scan
@@ -53,7 +53,7 @@ class Pipeline:
 
     def __init__(self, data_dir: Path):
         self.log = LocalLog(data_dir)
-        self.codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        self.codec = open_codec(Settings.load(data_dir=data_dir))
         self.runner = LocalRunner(self.log, self.codec, default_processors())
 
     def append(self, events: list[dict[str, Any]]) -> None:

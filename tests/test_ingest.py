@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from patron.cli.main import app
+from patron.config import Settings
 from patron.connectors.deadletter import DeadLetter, DeadLetterStore
 from patron.connectors.file_ingest import FileConnector
 from patron.connectors.runner import StreamResult, run_stream
 from patron.errors import PatronError
-from patron.events.codec import EventCodec
-from patron.schemas.registry import FileRegistry
+from patron.events.codec import open_codec
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, scan
 
@@ -86,7 +86,7 @@ def cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
 def stored_events(data_dir: Path) -> list[dict[str, Any]]:
     log = LocalLog(data_dir)
     try:
-        codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        codec = open_codec(Settings.load(data_dir=data_dir))
         return [codec.decode(record.value) for record in scan(log, EVENTS_TOPIC)]
     finally:
         log.close()
@@ -105,7 +105,7 @@ def ingest(data_dir: Path, path: Path, mapping: Path, batch_size: int = 2000) ->
     log = LocalLog(data_dir)
     try:
         stream = FileConnector().open(str(path), {"mapping": str(mapping)})
-        codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        codec = open_codec(Settings.load(data_dir=data_dir))
         return run_stream(str(path), stream, log=log, codec=codec, connector="file", batch_size=batch_size)
     finally:
         log.close()

@@ -23,12 +23,11 @@ import test_snapshot
 from test_ingest import cli
 
 from patron.config import Settings
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.events.models import validate_event
 from patron.projections import snapshot as snapshots
 from patron.projections.changes import score_id
 from patron.projections.segments.membership import MEMBERSHIP_SCHEMA, membership_rows
-from patron.schemas.registry import FileRegistry
 from patron.streams.backends import open_log
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, Message, scan
@@ -54,7 +53,7 @@ def scored_events(data_dir: Path) -> list[dict[str, Any]]:
     """The ``profile_scored`` records on ``patron.profile-events``, with their routing key."""
     log = LocalLog(data_dir)
     try:
-        codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        codec = open_codec(Settings.load(data_dir=data_dir))
         found = []
         for record in scan(log, PROFILE_EVENTS_TOPIC):
             event = codec.decode(record.value)
@@ -190,7 +189,7 @@ def buy_now(data_dir: Path, profile_id: str) -> None:
     )
     log = LocalLog(data_dir)
     try:
-        codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        codec = open_codec(Settings.load(data_dir=data_dir))
         assert log.append(EVENTS_TOPIC, [codec.message(order)]).appended == 1
     finally:
         log.close()

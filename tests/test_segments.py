@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from patron.config import Settings
 from patron.errors import PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.events.models import validate_event
 from patron.identity.processor import IdentityProcessor, merge_request
 from patron.projections.profile_processor import ProfileProcessor
@@ -25,7 +26,6 @@ from patron.projections.segments.definitions import load_definitions
 from patron.projections.segments.engine import transition_id
 from patron.projections.segments.membership import membership_rows
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, TRIGGERS_TOPIC
-from patron.schemas.registry import FileRegistry
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 from patron.streams.log import EVENTS_TOPIC, scan
@@ -89,7 +89,7 @@ class Pipeline:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "defs.yaml").write_text(textwrap.dedent(definitions))
         self.log = LocalLog(data_dir)
-        self.codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        self.codec = open_codec(Settings.load(data_dir=data_dir))
         self.built_ins = built_ins
         self.runner = self._runner()
 

@@ -21,10 +21,10 @@ import pytest
 from test_ingest import cli
 from test_segments import ANA, BEN, SEGMENTS, consent, order
 
-from patron.events.codec import EventCodec
+from patron.config import Settings
+from patron.events.codec import open_codec
 from patron.projections.segments.definitions import load_definitions
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC
-from patron.schemas.registry import FileRegistry
 from patron.streams.kafka_log import KafkaLog
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, Message, scan
@@ -61,7 +61,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         order(NOW - timedelta(days=2), CARL, 50.0),
     ]
     log = LocalLog(data_dir)
-    codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+    codec = open_codec(Settings.load(data_dir=data_dir))
     log.append(EVENTS_TOPIC, [codec.message(e) for e in events])
     log.close()
     code, _, error = cli(data_dir, "run")
@@ -204,7 +204,7 @@ def test_members_match_the_segments_store_in_every_format(built: Path) -> None:
 
 def test_size_history_is_the_fold_of_the_segment_change_events(built: Path) -> None:
     log = LocalLog(built)
-    codec = EventCodec(FileRegistry(built / "registry.db"))
+    codec = open_codec(Settings.load(data_dir=built))
     events = [codec.decode(record.value) for record in scan(log, SEGMENT_CHANGES_TOPIC)]
     log.close()
     steps: Counter[tuple[str, str]] = Counter()

@@ -43,12 +43,10 @@ from typer.testing import CliRunner
 
 from patron.cli.main import app
 from patron.config import Settings
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.events.models import validate_event
 from patron.identity.resolver import micros
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, TRIGGERS_TOPIC
-from patron.schemas.open import open_registry
-from patron.schemas.registry import FileRegistry
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import LocalRunner
 from patron.streams.log import EVENTS_TOPIC, scan
@@ -156,7 +154,7 @@ def fill(data_dir: Path, events: list[dict[str, Any]]) -> None:
     """A data directory holding the definitions and the input, nothing processed yet."""
     (data_dir / "segments").mkdir(parents=True)
     (data_dir / "segments" / "defs.yaml").write_text(textwrap.dedent(DEFINITIONS))
-    codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+    codec = open_codec(Settings.load(data_dir=data_dir))
     log = LocalLog(data_dir)
     try:
         log.append(EVENTS_TOPIC, [codec.message(event) for event in events])
@@ -174,16 +172,18 @@ def run_at(data_dir: Path, clock_s: float, batch_size: int) -> None:
     settings = Settings.load(data_dir=data_dir)
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     try:
-        runner = LocalRunner(log, EventCodec(open_registry(settings)), default_processors(settings))
+        runner = LocalRunner(log, open_codec(settings), default_processors(settings))
         runner.run(batch_size=batch_size, clock=lambda: clock_s)
     finally:
         log.close()
 
 
 def emitted(data_dir: Path) -> dict[str, Any]:
-    """Per topic: every record's event id -> (key, bytes), the ids in each key's order, and the count
-    of records (an id the log holds twice, or a transition under two ids, shows there)."""
+    """Per topic: every record's event id -> (key, decoded event), the ids in each key's order, and the
+    count of records (an id the log holds twice, or a transition under two ids, shows there). Decoded,
+    not bytes: each data directory encrypts personal fields under its own keys."""
     log = LocalLog(data_dir)
+    codec = open_codec(Settings.load(data_dir=data_dir))
     try:
         found: dict[str, Any] = {}
         for topic in (SEGMENT_CHANGES_TOPIC, TRIGGERS_TOPIC):
@@ -193,7 +193,7 @@ def emitted(data_dir: Path) -> dict[str, Any]:
                 by_key.setdefault(record.key, []).append(record.event_id)
             found[topic] = {
                 "records": len(records),
-                "events": {r.event_id: (r.key, r.value) for r in records},
+                "events": {r.event_id: (r.key, codec.decode(r.value)) for r in records},
                 "order": by_key,
             }
         return found
@@ -230,14 +230,12 @@ def assert_same_transitions(found: dict[str, Any], expected: dict[str, Any], see
         assert found[topic]["order"] == expected[topic]["order"], f"{topic}: order differs (seed {seed})"
 
 
-def census(data_dir: Path, found: dict[str, Any]) -> tuple[dict[tuple[str, str], int], int, int]:
+def census(found: dict[str, Any]) -> tuple[dict[tuple[str, str], int], int, int]:
     """(event type, segment or trigger) -> count; how many suppressed a channel; how many a tick caused."""
-    codec = EventCodec(FileRegistry(data_dir / "registry.db"))
     kinds: dict[tuple[str, str], int] = {}
     suppressed = ticked = 0
     for topic, name in ((SEGMENT_CHANGES_TOPIC, "segment"), (TRIGGERS_TOPIC, "trigger")):
-        for _, value in found[topic]["events"].values():
-            event = codec.decode(value)
+        for _, event in found[topic]["events"].values():
             kind = (event["envelope"]["event_type"], event["payload"][name])
             kinds[kind] = kinds.get(kind, 0) + 1
             suppressed += bool(event["payload"]["suppressed"])
@@ -290,7 +288,7 @@ def test_kill_9_during_patron_run_and_ticks_changes_no_transition(tmp_path: Path
     assert_same_transitions(emitted(crashed), expected, seed)
 
     # what the comparison covered: every kind of transition, many times, a tick's among them
-    kinds, suppressed, ticked = census(clean, expected)
+    kinds, suppressed, ticked = census(expected)
     for kind in [
         ("segment_entered", "big-spenders"),
         ("segment_exited", "big-spenders"),

@@ -26,9 +26,8 @@ from test_profile_cli import ok
 from test_segments import ANA, BEN, SEGMENTS, consent, order
 
 from patron.config import Settings
-from patron.events.codec import EventCodec
+from patron.events.codec import EventCodec, open_codec
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, TRIGGERS_TOPIC
-from patron.schemas.open import open_registry
 from patron.streams.kafka_log import KafkaLog
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EVENTS_TOPIC, EventLog, scan
@@ -59,7 +58,7 @@ def setup(data_dir: Path, events: list[dict[str, Any]], broker: str | None = Non
     (data_dir / "segments" / "defs.yaml").write_text(SEGMENTS + TRIGGER.replace("triggers:", "triggers:", 1))
     settings = Settings.load(data_dir=data_dir, broker=broker)
     log: EventLog = KafkaLog(broker.removeprefix("kafka://")) if broker else LocalLog(data_dir)
-    codec = EventCodec(open_registry(settings))
+    codec = open_codec(settings)
     try:
         log.ensure_topic(EVENTS_TOPIC)
         log.append(EVENTS_TOPIC, [codec.message(e) for e in events])
@@ -87,10 +86,7 @@ def test_the_worker_emits_the_transitions_patron_run_emits(tmp_path: Path, fresh
     ok(patron(embedded_dir, "run", "--until-caught-up"))
     log = LocalLog(embedded_dir)
     try:
-        want = [
-            comparable(e)
-            for e in changes(log, EventCodec(open_registry(Settings.load(data_dir=embedded_dir))))
-        ]
+        want = [comparable(e) for e in changes(log, open_codec(Settings.load(data_dir=embedded_dir)))]
     finally:
         log.close()
     kinds = sorted((w["type"], w.get("segment") or w.get("trigger")) for w in want)
@@ -117,7 +113,7 @@ def test_the_worker_emits_the_transitions_patron_run_emits(tmp_path: Path, fresh
         env=dict(os.environ),
     )  # fmt: skip
     kafka = KafkaLog(fresh_broker)
-    codec = EventCodec(open_registry(Settings.load(data_dir=kafka_dir, broker=broker)))
+    codec = open_codec(Settings.load(data_dir=kafka_dir, broker=broker))
     try:
         deadline = time.monotonic() + WAIT_S
         got: list[dict[str, Any]] = []

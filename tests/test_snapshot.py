@@ -31,12 +31,11 @@ from typer.testing import CliRunner
 from patron.cli.main import app
 from patron.config import Settings
 from patron.errors import PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.projections import snapshot as snapshots
 from patron.projections.changes import ALERT_RAISED, PROFILE_CHANGES_TOPIC, STAGE_CHANGED
 from patron.projections.fact_tables import SCHEMAS, FactTables
 from patron.projections.sql import SqlSession, kpi_sql
-from patron.schemas.registry import FileRegistry
 from patron.streams.backends import open_log
 from patron.streams.local_log import LocalLog
 from patron.streams.log import Message, scan
@@ -101,7 +100,7 @@ def change_events(data_dir: Path) -> list[dict[str, Any]]:
     try:
         if PROFILE_CHANGES_TOPIC not in log.topics():
             return []
-        codec = EventCodec(FileRegistry(data_dir / "registry.db"))
+        codec = open_codec(Settings.load(data_dir=data_dir))
         return [{**codec.decode(r.value), "key": r.key.decode()} for r in scan(log, PROFILE_CHANGES_TOPIC)]
     finally:
         log.close()

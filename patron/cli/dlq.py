@@ -16,8 +16,7 @@ from patron.cli.output import console, settings_of
 from patron.connectors.deadletter import DeadLetterStore, LetterStatus
 from patron.connectors.replay import replay_letters
 from patron.errors import EXIT_INVALID, EXIT_REFUSED, PatronError
-from patron.events.codec import EventCodec
-from patron.schemas.open import open_registry
+from patron.events.codec import open_codec
 from patron.streams.backends import open_log
 
 app = typer.Typer(
@@ -174,7 +173,7 @@ def replay(
         outcomes = replay_letters(
             [status.letter for status in selected],
             log=log,
-            codec=EventCodec(open_registry(settings)),
+            codec=open_codec(settings),
             options=options,
         )
     finally:

@@ -19,12 +19,11 @@ from patron.cli import identity_match
 from patron.cli.output import console, err_console, settings_of
 from patron.cli.profile import embedded, progress_bar
 from patron.errors import PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.identity.events import PROFILE_SPLIT
 from patron.identity.processor import split_request
 from patron.identity.rules import EXTERNAL
 from patron.projections.profile_reader import ProfileReader, kind_of, normalised
-from patron.schemas.open import open_registry
 from patron.streams.backends import open_log
 from patron.streams.log import EVENTS_TOPIC
 from patron.streams.topology import IDENTITY_TOPIC
@@ -92,7 +91,7 @@ def split_command(
     request = split_request(profile_id, (kind, value), reason, at=datetime.now(UTC))
     log = open_log(settings)
     try:
-        log.append(EVENTS_TOPIC, [EventCodec(open_registry(settings)).message(request)])
+        log.append(EVENTS_TOPIC, [open_codec(settings).message(request)])
     finally:
         log.close()
     err_console.print(

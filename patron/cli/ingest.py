@@ -23,8 +23,7 @@ from patron.connectors.file_ingest import expand_targets
 from patron.connectors.plugins import DEFAULT_CONNECTOR, ReportsProgress, SourceStream, load_connector
 from patron.connectors.runner import StreamResult, run_stream
 from patron.errors import EXIT_INVALID, EXIT_REFUSED, PatronError
-from patron.events.codec import EventCodec
-from patron.schemas.open import open_registry
+from patron.events.codec import EventCodec, open_codec
 from patron.streams.backends import open_log
 from patron.streams.log import EventLog
 
@@ -68,7 +67,7 @@ def ingest(
     streams = [(target, source_connector.open(target, opts)) for target, opts in planned]
     log = open_log(settings)
     try:
-        codec = EventCodec(open_registry(settings))
+        codec = open_codec(settings)
         results = _run(
             streams, log=log, codec=codec, connector=connector, batch_size=batch_size, quiet=as_json
         )

@@ -27,9 +27,8 @@ from rich.table import Table
 from patron.cli.output import console, err_console, parse_time, settings_of, transient_progress
 from patron.config import ConfigError, Settings
 from patron.errors import EXIT_INVALID, PatronError, Unavailable
-from patron.events.codec import EventCodec, WireFormatError
+from patron.events.codec import EventCodec, WireFormatError, open_codec
 from patron.schemas.catalogue import Catalogue, UnknownEventType
-from patron.schemas.open import open_registry
 from patron.streams.backends import open_log
 from patron.streams.log import EVENTS_TOPIC, EventLog, Message, Record
 
@@ -93,7 +92,7 @@ def _session(ctx: typer.Context) -> Iterator[tuple[Settings, EventLog, Decoder]]
     settings = settings_of(ctx)
     log = open_log(settings)
     try:
-        yield settings, log, Decoder(EventCodec(open_registry(settings)))
+        yield settings, log, Decoder(open_codec(settings))
     finally:
         log.close()
 

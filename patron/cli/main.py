@@ -9,6 +9,7 @@ import typer
 from patron.cli import (
     consent,
     dlq,
+    erase,
     generate,
     identity,
     ingest,
@@ -78,6 +79,7 @@ app.command("report")(report.report)
 app.add_typer(sink.app, name="sink")
 app.add_typer(segments.app, name="segments")
 app.add_typer(consent.app, name="consent")
+app.command("erase")(erase.erase)
 
 
 def run() -> None:

@@ -20,13 +20,12 @@ from rich.table import Table
 
 from patron.cli.output import console, err_console, settings_on, transient_progress
 from patron.errors import PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.projections.fact_tables import stored_profiles
 from patron.projections.profile_export import count_profiles, export_profiles
 from patron.projections.profile_reader import ProfileReader
 from patron.projections.profile_rules import load_profile_rules
 from patron.projections.profiles import summary
-from patron.schemas.open import open_registry
 from patron.streams.local_log import LocalLog
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -50,7 +49,7 @@ def embedded(ctx: typer.Context, command: str) -> Iterator[tuple[LocalLog, Profi
     )
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     try:
-        yield log, ProfileReader(log, EventCodec(open_registry(settings)))
+        yield log, ProfileReader(log, open_codec(settings))
     finally:
         log.close()
 

@@ -22,8 +22,7 @@ from rich.table import Table
 from patron.cli.output import console, err_console, settings_on
 from patron.config import Settings
 from patron.errors import EXIT_INVALID, PatronError
-from patron.events.codec import EventCodec
-from patron.schemas.open import open_registry
+from patron.events.codec import open_codec
 from patron.streams.local_log import LocalLog
 from patron.streams.local_runner import DEFAULT_BATCH_SIZE, TIMER_INTERVAL_S, LocalRunner, ProcessorStats
 from patron.streams.processor import Processor
@@ -88,7 +87,7 @@ def run(
     processors = load_topology(topology, settings)
     log = LocalLog(settings.broker.location, default_partitions=settings.partitions)
     try:
-        runner = LocalRunner(log, EventCodec(open_registry(settings)), processors)
+        runner = LocalRunner(log, open_codec(settings), processors)
         if reset:
             runner.reset()
             err_console.print("state and positions reset: rebuilding from the start of the log")

@@ -30,7 +30,7 @@ from rich.table import Table
 from patron.cli.output import console, parse_time, settings_of, transient_progress
 from patron.config import Settings
 from patron.errors import EXIT_INVALID, PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.projections.profile_processor import ProfileProcessor
 from patron.projections.segments.definitions import (
     NO_CONSENT,
@@ -51,7 +51,6 @@ from patron.projections.segments.predicates import (
 )
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC, TRIGGERS_TOPIC
 from patron.projections.snapshot import DEFAULT_APP_ID
-from patron.schemas.open import open_registry
 from patron.streams.backends import open_log
 from patron.streams.local_log import LocalLog
 from patron.streams.log import EventLog, scan
@@ -397,7 +396,7 @@ def size_history(
     changes: list[tuple[datetime, int]] = []
     seen: set[str] = set()
     with _log(settings) as log:
-        codec = EventCodec(open_registry(settings))
+        codec = open_codec(settings)
         progress = transient_progress(f"reading {SEGMENT_CHANGES_TOPIC}")
         with progress:
             task = progress.add_task("", total=sum(log.end_offsets(SEGMENT_CHANGES_TOPIC).values()))

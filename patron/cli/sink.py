@@ -23,9 +23,8 @@ from patron.connectors.webhook_sink import (
     public_url,
 )
 from patron.errors import EXIT_INVALID, PatronError
-from patron.events.codec import EventCodec
+from patron.events.codec import open_codec
 from patron.projections.segments.topics import SEGMENT_CHANGES_TOPIC
-from patron.schemas.open import open_registry
 from patron.streams.kafka_log import KafkaLog
 from patron.streams.local_log import LocalLog
 from patron.streams.positioned import KafkaSource, LocalSource, PositionedSource
@@ -125,7 +124,7 @@ def webhook(
         try:
             sink = WebhookSink(
                 source,
-                EventCodec(open_registry(settings)),
+                open_codec(settings),
                 client,
                 DeadLetterStore(source.log),
                 selection=Selection(wanted, channel),

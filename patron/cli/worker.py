@@ -15,8 +15,7 @@ import typer
 
 from patron.cli.output import err_console, settings_on
 from patron.cli.run import DEFAULT_TOPOLOGY, TOPOLOGY_HELP, load_topology
-from patron.events.codec import EventCodec
-from patron.schemas.open import open_registry
+from patron.events.codec import open_codec
 from patron.streams.local_runner import DEFAULT_BATCH_SIZE
 
 
@@ -71,7 +70,7 @@ def worker(
     )
     err_console.print(f"worker {os.getpid()}: app {app_id!r} on kafka://{settings.broker.location}")
     try:
-        run_worker(config, EventCodec(open_registry(settings)), processors, _report)
+        run_worker(config, open_codec(settings), processors, _report)
     finally:
         shutil.rmtree(datadir, ignore_errors=True)  # in-memory tables: nothing there outlives the worker
 

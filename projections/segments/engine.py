@@ -181,6 +181,12 @@ class SegmentEngine:
     ) -> list[Emit]:
         """Exit every segment of a profile that was merged into ``survivor`` (the survivor is evaluated
         when the hand-over reaches it). Mutates ``state``."""
+        return self.leave_all(state, profile_id, f"merged into {survivor}", at, cause_id)
+
+    def leave_all(
+        self, state: State | None, profile_id: str, reason: str, at: int, cause_id: str
+    ) -> list[Emit]:
+        """Exit every segment ``profile_id`` is in, for ``reason`` (merged away, erased). Mutates ``state``."""
         if not state:
             return []
         now = max(state["now"], at)
@@ -190,7 +196,6 @@ class SegmentEngine:
         for name in sorted(state["in"]):
             definition = self.definitions.find(name)
             channels = definition.channels if definition else ()
-            reason = f"merged into {survivor}"
             emits.append(
                 self._exit(state, profile_id, name, state["in"][name]["v"], reason, channels, now, cause_id)
             )
