@@ -28,13 +28,9 @@ Two phases, each compared with a clean run of the same input:
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +48,7 @@ from patron.streams.local_runner import LocalRunner
 from patron.streams.log import EVENTS_TOPIC, scan
 from patron.streams.state import read_store
 from patron.streams.topology import PROFILE_EVENTS_TOPIC, default_processors
+from patron.testing_kill import kill_repeatedly
 
 CUSTOMERS = 50
 START = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=3650)
@@ -199,28 +196,6 @@ def emitted(data_dir: Path) -> dict[str, Any]:
         return found
     finally:
         log.close()
-
-
-def kill_repeatedly(
-    command: list[str], progress: Callable[[], int], total: int, kills: int, rng: random.Random, logs: Path
-) -> int:
-    """Start ``command`` ``kills`` times and SIGKILL it once ``progress()`` passes a random share of
-    ``total`` (plus a few random milliseconds, to land anywhere in a batch), as the runner's crash test
-    does. Returns how many kills hit a process with work left; one that fails fails the test."""
-    interrupted = 0
-    for attempt, target in enumerate(sorted(rng.uniform(0.05, 0.9) * total for _ in range(kills))):
-        with (logs / f"stderr-{attempt}").open("w+b") as stderr:
-            victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-            deadline = time.monotonic() + 30
-            while progress() < target and victim.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.02))
-            victim.send_signal(signal.SIGKILL)
-            code = victim.wait()
-            stderr.seek(0)
-            assert code in (0, -signal.SIGKILL), stderr.read().decode(errors="replace")
-            interrupted += code == -signal.SIGKILL and progress() < total
-    return interrupted
 
 
 def assert_same_transitions(found: dict[str, Any], expected: dict[str, Any], seed: int) -> None:
