@@ -3,7 +3,8 @@
 Exit codes: 0 success; 1 unexpected failure (a bug: please report it); 2 invalid
 usage, configuration or input; 3 the command finished but refused something
 (rejected records with ``--strict``, an incompatible schema); 4 a service
-(broker, registry) could not be reached.
+(broker, registry) could not be reached; 5 the data directory could not be written (disk full, a
+file-size limit, an I/O error).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ EXIT_BUG = 1
 EXIT_INVALID = 2
 EXIT_REFUSED = 3
 EXIT_UNAVAILABLE = 4
+EXIT_STORAGE = 5
 
 
 class PatronError(Exception):
@@ -30,3 +32,15 @@ class Unavailable(PatronError):
     """A backend service did not answer."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+STORAGE_ERRNOS = frozenset({28, 27, 122, 5})
+"""ENOSPC (disk full), EFBIG (file too large), EDQUOT (quota), EIO."""
+STORAGE_MESSAGES = ("database or disk is full", "disk i/o error")
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means the disk refused a write (full, over a size limit or quota, failing)."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return True
+    return any(text in str(exc).lower() for text in STORAGE_MESSAGES) and type(exc).__name__ == "OperationalError"

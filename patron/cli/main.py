@@ -28,7 +28,7 @@ from patron.cli import (
 )
 from patron.cli.output import err_console
 from patron.config import ConfigError, Settings
-from patron.errors import EXIT_INVALID, PatronError
+from patron.errors import EXIT_INVALID, EXIT_STORAGE, PatronError, storage_failure
 
 app = typer.Typer(
     name="patron",
@@ -89,3 +89,15 @@ def run() -> None:
     except PatronError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
+    except Exception as exc:
+        if not storage_failure(exc):
+            raise
+        # SQLite commits atomically and snapshots are published only once written in full, so a
+        # refused write leaves the data directory as it was before the batch or snapshot that failed.
+        err_console.print(
+            f"[bold red]error:[/] could not write the data directory ({exc}): the disk is full or a size "
+            "limit was hit; nothing was half-written: free space and rerun the same command",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(EXIT_STORAGE) from None
