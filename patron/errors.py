@@ -43,4 +43,7 @@ def storage_failure(exc: BaseException) -> bool:
     """Whether ``exc`` means the disk refused a write (full, over a size limit or quota, failing)."""
     if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
         return True
-    return any(text in str(exc).lower() for text in STORAGE_MESSAGES) and type(exc).__name__ == "OperationalError"
+    return (
+        any(text in str(exc).lower() for text in STORAGE_MESSAGES)
+        and type(exc).__name__ == "OperationalError"
+    )
