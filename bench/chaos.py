@@ -52,6 +52,9 @@ from patron.testing_kill import kill_repeatedly
 PATRON = str(Path(sys.executable).with_name("patron"))
 AS_OF = "2026-06-30"
 START = "2026-02-01"
+BATCH = "100"
+"""Both runs use one batch size: batch boundaries decide how the identity stage's output interleaves
+with the profiles stage's reads, and so the order of transitions (not what the final state is)."""
 console = Console(stderr=True)
 
 
@@ -82,7 +85,7 @@ def prepare(work: Path, customers: int, days: int, seed: int) -> tuple[Path, int
 def clean_run(base: Path, target: Path) -> float:
     shutil.copytree(base, target)
     started = time.perf_counter()
-    patron(target, "run")
+    patron(target, "run", "--batch-size", BATCH)
     patron(target, "snapshot", "--as-of", AS_OF)
     return time.perf_counter() - started
 
@@ -96,13 +99,13 @@ def chaos_run(
     started = time.perf_counter()
     try:
         interrupted = kill_repeatedly(
-            [PATRON, "--data-dir", str(target), "run", "--batch-size", "50"],
+            [PATRON, "--data-dir", str(target), "run", "--batch-size", BATCH],
             lambda: sum(log.committed("identity", EVENTS_TOPIC).values()),
             events, kills, rng, logs,
         )  # fmt: skip
     finally:
         log.close()
-    patron(target, "run")
+    patron(target, "run", "--batch-size", BATCH)
     patron(target, "snapshot", "--as-of", AS_OF)
     return time.perf_counter() - started, interrupted
 
