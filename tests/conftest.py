@@ -203,3 +203,23 @@ def serve_registry(path: Path) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         listener.close()
+
+
+def processed_data_dir(base: Path, customers: int, days: int, seed: int) -> Path:
+    """``base/data`` after ``patron generate`` (into ``base/generated``), ingest, run and snapshot:
+    generated multi-source customers through the real commands."""
+    from test_ingest import cli
+
+    generated, data_dir = base / "generated", base / "data"
+    code, _, error = cli(
+        data_dir, "generate", "--customers", str(customers), "--days", str(days), "--seed", str(seed),
+        "--out", str(generated),
+    )  # fmt: skip
+    assert code == 0, error
+    files = [
+        str(p) for p in sorted(generated.iterdir()) if (generated / "mappings" / f"{p.stem}.yaml").exists()
+    ]
+    for args in (("ingest", *files, "--mapping-dir", str(generated / "mappings")), ("run",), ("snapshot",)):
+        code, _, error = cli(data_dir, *args)
+        assert code == 0, error
+    return data_dir

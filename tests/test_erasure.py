@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from conftest import processed_data_dir
 from test_ingest import cli
 
 from patron.config import Settings
@@ -32,19 +33,7 @@ UNIQUE_KINDS = ("user_id", "anonymous_id", "email", "phone", "device_id")
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("erasure")
-    generated, data_dir = base / "generated", base / "data"
-    code, _, error = cli(
-        data_dir, "generate", "--customers", "30", "--days", "60", "--seed", "3", "--out", str(generated)
-    )
-    assert code == 0, error
-    files = [
-        str(p) for p in sorted(generated.iterdir()) if (generated / "mappings" / f"{p.stem}.yaml").exists()
-    ]
-    for args in (("ingest", *files, "--mapping-dir", str(generated / "mappings")), ("run",), ("snapshot",)):
-        code, _, error = cli(data_dir, *args)
-        assert code == 0, error
-    return data_dir
+    return processed_data_dir(tmp_path_factory.mktemp("erasure"), 30, 60, 3)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import processed_data_dir
 from test_ingest import cli
 
 from patron.errors import EXIT_REFUSED, PatronError
@@ -25,28 +26,7 @@ DAYS = 60
 @pytest.fixture(scope="module")
 def snapshotted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory after generate, ingest, run and snapshot: 30 customers."""
-    base = tmp_path_factory.mktemp("pii")
-    generated, data_dir = base / "generated", base / "data"
-    code, _, error = cli(
-        data_dir,
-        "generate",
-        "--customers",
-        "30",
-        "--days",
-        str(DAYS),
-        "--seed",
-        "11",
-        "--out",
-        str(generated),
-    )
-    assert code == 0, error
-    files = [
-        str(p) for p in sorted(generated.iterdir()) if (generated / "mappings" / f"{p.stem}.yaml").exists()
-    ]
-    for args in (("ingest", *files, "--mapping-dir", str(generated / "mappings")), ("run",), ("snapshot",)):
-        code, _, error = cli(data_dir, *args)
-        assert code == 0, error
-    return data_dir
+    return processed_data_dir(tmp_path_factory.mktemp("pii"), 30, DAYS, 11)
 
 
 @pytest.fixture
